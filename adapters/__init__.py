@@ -1,0 +1,1 @@
+"""Adapters: settings, storage, HTTP, command line."""

@@ -1,0 +1,121 @@
+"""The `mailledger` command line. app.py hands it the pieces it wires together."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+import orjson
+from tqdm import tqdm
+
+from adapters.settings import Settings, SettingsError
+from adapters.storage import Storage, StorageUnavailableError, open_storage
+from adapters.workspaces import create_workspace
+from projections.runner import UnknownProjectionError
+
+Serve = Callable[[Settings, Storage, str, int], None]
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, with help a newcomer can follow."""
+    parser = argparse.ArgumentParser(
+        prog="mailledger",
+        description="Event-sourced email delivery tracking. The database is chosen by "
+        "MAILLEDGER_DATABASE_URL (default sqlite:///var/mailledger.db).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service and its projections")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8025)
+
+    workspace = commands.add_parser("workspace", help="manage workspaces")
+    workspace_commands = workspace.add_subparsers(dest="action", required=True)
+    create = workspace_commands.add_parser("create", help="create a workspace and its admin key")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help="print only JSON on stdout")
+
+    projections = commands.add_parser("projections", help="inspect and rebuild read models")
+    projection_commands = projections.add_subparsers(dest="action", required=True)
+    projection_commands.add_parser("status", help="each projection's position and lag")
+    rebuild = projection_commands.add_parser("rebuild", help="rebuild from position 0")
+    rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
+    follow = projection_commands.add_parser("run", help="follow the log (without serving)")
+    follow.add_argument("--once", action="store_true", help="catch up, then exit")
+    return parser
+
+
+def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
+    """Run one command; the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        settings = Settings.from_env()
+        storage = open_storage(settings.database, batch_size=settings.projection_batch_size)
+    except (SettingsError, StorageUnavailableError) as error:
+        print(f"mailledger: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "serve":
+            serve(settings, storage, args.host, args.port)
+            return 0
+        if args.command == "workspace":
+            return _create_workspace(storage, args.name, as_json=args.json, out=out)
+        return _projections(storage, args, out)
+    except UnknownProjectionError as error:
+        print(f"mailledger: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        storage.close()
+
+
+def _create_workspace(storage: Storage, name: str, *, as_json: bool, out: TextIO) -> int:
+    try:
+        made = create_workspace(storage.engine, name)
+    except ValueError as error:
+        print(f"mailledger: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if as_json:
+        answer = {"workspace_id": made.workspace_id, "api_key": made.api_key}
+        out.write(orjson.dumps(answer).decode() + "\n")
+    else:
+        out.write(f"workspace_id: {made.workspace_id}\n")
+        out.write(f"api_key:      {made.api_key}\n")
+        out.write("The key is shown only now; keep it somewhere safe.\n")
+    return 0
+
+
+def _projections(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
+    runner = storage.runner
+    if args.action == "status":
+        out.write(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>10}\n")
+        for status in runner.status():
+            out.write(
+                f"{status.name:<12} {status.position:>10} {status.head:>10} {status.lag:>10}\n"
+            )
+        return 0
+    if args.action == "rebuild":
+        names = [args.name] if args.name else list(runner.projections)
+        for name in names:
+            runner.get(name)
+        head = storage.ledger.head_position()
+        for name in names:
+            with tqdm(total=head, desc=f"rebuild {name}", unit="ev", file=sys.stderr) as bar:
+                applied = runner.rebuild(name, progress=bar.update)
+            out.write(f"{name}: rebuilt from {applied} events\n")
+        return 0
+    if args.once:
+        out.write(f"applied {runner.catch_up_all()} events\n")
+        return 0
+    import threading  # noqa: PLC0415 (only the long-running form needs it)
+
+    stop = threading.Event()
+    try:
+        runner.run(stop, interval=0.2)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0

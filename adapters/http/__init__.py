@@ -1,0 +1,1 @@
+"""The HTTP layer: endpoints per resource and the error mapping."""

@@ -1,0 +1,91 @@
+"""Workspaces and their API keys (stored hashed; a key is shown once)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import JSON, Column, Engine, ForeignKey, MetaData, String, Table, select
+
+from domain.reports import format_time, utc_now
+
+PERMISSIONS = ("Channel.send", "Channel.view", "Workspace.admin")
+KEY_PREFIX = "mlk_"
+
+admin_metadata = MetaData()
+
+workspaces = Table(
+    "workspaces",
+    admin_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", String(27), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    admin_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("permissions", JSON, nullable=False),
+    Column("created_at", String(27), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key: whose it is and what it may do (never the key itself)."""
+
+    id: str
+    workspace_id: str
+    name: str
+    permissions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NewWorkspace:
+    """A workspace just made, with its admin key (the only time it is shown)."""
+
+    workspace_id: str
+    api_key: str
+
+
+def hash_key(api_key: str) -> str:
+    """The stored form of a key. Keys are 256 random bits, so a plain SHA-256 is enough."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def create_workspace(engine: Engine, name: str) -> NewWorkspace:
+    """Make a workspace and its first key, holding every permission."""
+    if not name.strip():
+        raise ValueError("a workspace needs a name")
+    workspace_id = str(uuid.uuid4())
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    now = format_time(utc_now())
+    with engine.begin() as conn:
+        conn.execute(workspaces.insert().values(id=workspace_id, name=name, created_at=now))
+        conn.execute(
+            api_keys.insert().values(
+                id=str(uuid.uuid4()),
+                workspace_id=workspace_id,
+                name="admin",
+                key_hash=hash_key(api_key),
+                permissions=list(PERMISSIONS),
+                created_at=now,
+            )
+        )
+    return NewWorkspace(workspace_id, api_key)
+
+
+def find_key(engine: Engine, api_key: str) -> ApiKey | None:
+    """The stored key matching `api_key`, looked up by its hash."""
+    digest = hash_key(api_key)
+    with engine.connect() as conn:
+        row = conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)).mappings().first()
+    if row is None or not secrets.compare_digest(row["key_hash"], digest):
+        return None
+    return ApiKey(row["id"], row["workspace_id"], row["name"], tuple(row["permissions"]))

@@ -1,0 +1,1 @@
+"""The email ledger's domain: reports, the Email aggregate and the application."""

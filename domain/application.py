@@ -1,0 +1,153 @@
+"""The ledger application: record reports, read emails and their logs."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Transcoder
+
+from domain.email import Email, verify_chain
+from domain.events import EmailEvent
+from domain.reports import Report, utc_now
+
+# How often a batch is retried after losing an optimistic-concurrency race. Each retry
+# reloads the emails it touched, so the loser sees the winner's events and drops
+# what the winner already recorded.
+MAX_ATTEMPTS = 20
+
+
+class EmailNotFoundError(LookupError):
+    """No email has this id."""
+
+    def __init__(self, email_id: UUID) -> None:
+        super().__init__(f"email {email_id} not found")
+        self.email_id = email_id
+
+
+class ConcurrencyError(RuntimeError):
+    """A batch kept losing version races; nothing of it was recorded."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one report: its email, and the version it was recorded at
+    (None when the email already held it)."""
+
+    email_id: UUID
+    version: int | None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the report became a new event."""
+        return self.version is not None
+
+
+class EmailLedger(Application[UUID]):
+    """Every email's deduplicated, append-only, hash-chained event log."""
+
+    name = "mailledger"
+    env: ClassVar[dict[str, str]] = {
+        "AGGREGATE_CACHE_MAXSIZE": "20000",
+        # A stale cached email is caught by the version check on save, and reloaded:
+        # no query per cached email on the hot path.
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+    }
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        transcoder: Transcoder | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._transcoder = transcoder
+        self._clock = clock
+        super().__init__(env)
+
+    def construct_transcoder(self) -> Transcoder:
+        if self._transcoder is not None:
+            return self._transcoder
+        return super().construct_transcoder()
+
+    def record(self, reports: Sequence[Report]) -> list[Outcome]:
+        """Record a batch of reports for any emails in one transaction.
+
+        A report either of whose keys its email already holds is dropped. Losing a
+        version race to another writer reloads the emails and tries again.
+        """
+        for attempt in range(MAX_ATTEMPTS):
+            emails: dict[UUID, Email] = {}
+            try:
+                outcomes = self._apply(reports, emails)
+                changed = [email for email in emails.values() if email.pending_events]
+                if changed:
+                    self.save(*changed)
+            except IntegrityError:
+                self._forget(emails)
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
+                continue
+            except BaseException:
+                self._forget(emails)
+                raise
+            return outcomes
+        raise ConcurrencyError(f"gave up after {MAX_ATTEMPTS} version conflicts")
+
+    def _apply(self, reports: Sequence[Report], emails: dict[UUID, Email]) -> list[Outcome]:
+        received_at = self._clock()
+        outcomes = []
+        for report in reports:
+            email_id = report.target_email_id
+            email = emails.get(email_id)
+            if email is None:
+                email = emails[email_id] = self._load(email_id, received_at)
+            recorded = email.record(report, received_at)
+            outcomes.append(Outcome(email_id, email.version if recorded else None))
+        return outcomes
+
+    def _load(self, email_id: UUID, now: datetime) -> Email:
+        try:
+            return cast("Email", self.repository.get(email_id))
+        except AggregateNotFoundError:
+            return Email.blank(email_id, now)
+
+    def _forget(self, emails: dict[UUID, Email]) -> None:
+        cache = self.repository.cache
+        if cache is None:
+            return
+        for email_id in emails:
+            with contextlib.suppress(KeyError):
+                cache.get(email_id, evict=True)
+
+    def get_email(self, email_id: UUID) -> Email:
+        """The email as its log stands now."""
+        try:
+            return cast("Email", self.repository.get(email_id))
+        except AggregateNotFoundError:
+            raise EmailNotFoundError(email_id) from None
+
+    def get_history(self, email_id: UUID) -> list[EmailEvent]:
+        """Every stored event of the email, in log order."""
+        events = [cast("EmailEvent", e) for e in self.events.get(email_id)]
+        if not events:
+            raise EmailNotFoundError(email_id)
+        return events
+
+    def find_broken_link(self, email_id: UUID) -> tuple[int, str, str] | None:
+        """The first event whose chain hash does not hold, or None."""
+        return verify_chain(self.get_history(email_id))
+
+    def head_position(self) -> int:
+        """The position of the newest event in the application's log (0 if none)."""
+        return int(self.recorder.max_notification_id() or 0)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the event store lives, for status output."""
+        return {"persistence": self.env.get("PERSISTENCE_MODULE", "popo")}

@@ -1,0 +1,247 @@
+"""The Email aggregate (one per recipient): its dedup guard and its derived fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_hash
+from domain.reports import EventType, Report, format_time
+
+STATES_BY_PRECEDENCE = ("complained", "bounced", "rejected", "delivered", "sent")
+
+
+def _earliest(current: str | None, candidate: str) -> str:
+    return candidate if current is None or candidate < current else current
+
+
+def _latest(current: str | None, candidate: str) -> str:
+    return candidate if current is None or candidate > current else current
+
+
+def _rank(event: EmailEvent) -> str:
+    # Lower ranks win; a Sent always outranks other kinds, then the earliest event_at,
+    # then the semantic key, so the choice never depends on arrival order.
+    kind = "0" if event.event_type is EventType.SENT else "1"
+    return f"{kind}{event.event_at}{event.semantic_key}"
+
+
+@dataclass
+class EmailView:
+    """An email's summary and detail, derived from its events in any order."""
+
+    id: str
+    workspace_id: str
+    message_id: str = ""
+    to_address: str = ""
+    from_address: str | None = None
+    subject: str | None = None
+    setup_id: str | None = None
+    use_case_id: str | None = None
+    email_type: str | None = None
+    tier: str | None = None
+    attachment_filenames: list[str] = field(default_factory=list)
+    has_attachment: bool = False
+    tags: dict[str, Any] = field(default_factory=dict)
+    id_rank: str | None = None
+    origin_rank: str | None = None
+    origin_sent_at: str | None = None
+    first_event_at: str | None = None
+    delivered_at: str | None = None
+    bounced_at: str | None = None
+    bounce_type: str | None = None
+    bounce_subtype: str | None = None
+    bounce_rank: str | None = None
+    complained_at: str | None = None
+    rejected_at: str | None = None
+    delivery_delay_at: str | None = None
+    first_open_at: str | None = None
+    last_open_at: str | None = None
+    open_count: int = 0
+    human_open_count: int = 0
+    first_click_at: str | None = None
+    last_click_at: str | None = None
+    click_count: int = 0
+    updated_at: str | None = None
+
+    @property
+    def sent_at(self) -> str | None:
+        """When it was sent: the Sent event's time, else what a report said, else
+        the earliest event's time."""
+        return self.origin_sent_at or self.first_event_at
+
+    @property
+    def state(self) -> str:
+        """The derived state, by precedence over everything seen."""
+        reached = (
+            self.complained_at,
+            self.bounced_at,
+            self.rejected_at,
+            self.delivered_at,
+            "always",
+        )
+        return next(name for name, at in zip(STATES_BY_PRECEDENCE, reached, strict=True) if at)
+
+    def apply(self, event: EmailEvent) -> None:
+        """Fold one event in; commutative, so any order gives the same view."""
+        self.updated_at = _latest(self.updated_at, event.received_at)
+        self.first_event_at = _earliest(self.first_event_at, event.event_at)
+        self._apply_identity(event)
+        handler = _HANDLERS.get(event.event_type)
+        if handler is not None:
+            handler(self, event)
+
+    def _apply_identity(self, event: EmailEvent) -> None:
+        rank = _rank(event)
+        if self.id_rank is None or rank < self.id_rank:
+            self.id_rank = rank
+            self.message_id, self.to_address = event.message_id, event.to_address
+        if event.carries_origin() and (self.origin_rank is None or rank < self.origin_rank):
+            self.origin_rank = rank
+            self.from_address, self.subject = event.from_address, event.subject
+            self.setup_id = event.setup_id
+            is_sent = event.event_type is EventType.SENT
+            self.origin_sent_at = event.event_at if is_sent else event.sent_at
+            detail = event.detail() if is_sent else {}
+            self.use_case_id = detail.get("use_case_id")
+            self.email_type = detail.get("email_type")
+            self.tier = detail.get("tier")
+            self.attachment_filenames = list(detail.get("attachment_filenames") or [])
+            self.has_attachment = bool(detail.get("has_attachment"))
+            self.tags = dict(detail.get("tags") or {})
+
+    def _apply_bounce(self, event: EmailEvent) -> None:
+        rank = f"{event.event_at}{event.semantic_key}"
+        if self.bounce_rank is None or rank < self.bounce_rank:
+            self.bounce_rank, self.bounced_at = rank, event.event_at
+            self.bounce_type = getattr(event, "bounce_type", None)
+            self.bounce_subtype = getattr(event, "bounce_subtype", None)
+
+    def _apply_open(self, event: EmailEvent) -> None:
+        self.first_open_at = _earliest(self.first_open_at, event.event_at)
+        self.last_open_at = _latest(self.last_open_at, event.event_at)
+        self.open_count += 1
+        if not getattr(event, "machine_open", False):
+            self.human_open_count += 1
+
+    def _apply_click(self, event: EmailEvent) -> None:
+        self.first_click_at = _earliest(self.first_click_at, event.event_at)
+        self.last_click_at = _latest(self.last_click_at, event.event_at)
+        self.click_count += 1
+
+    def _apply_delivery(self, event: EmailEvent) -> None:
+        self.delivered_at = _earliest(self.delivered_at, event.event_at)
+
+    def _apply_complaint(self, event: EmailEvent) -> None:
+        self.complained_at = _earliest(self.complained_at, event.event_at)
+
+    def _apply_reject(self, event: EmailEvent) -> None:
+        self.rejected_at = _earliest(self.rejected_at, event.event_at)
+
+    def _apply_delay(self, event: EmailEvent) -> None:
+        self.delivery_delay_at = _latest(self.delivery_delay_at, event.event_at)
+
+    def as_row(self) -> dict[str, Any]:
+        """The stored form: every field, plus the derived `sent_at` and `state`."""
+        row = dataclasses.asdict(self)
+        row["sent_at"], row["state"] = self.sent_at, self.state
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EmailView:
+        """Rebuild a view from its stored form."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in row.items() if name in names})
+
+
+_HANDLERS = {
+    EventType.DELIVERY: EmailView._apply_delivery,
+    EventType.BOUNCE: EmailView._apply_bounce,
+    EventType.COMPLAINT: EmailView._apply_complaint,
+    EventType.REJECT: EmailView._apply_reject,
+    EventType.DELIVERY_DELAY: EmailView._apply_delay,
+    EventType.OPEN: EmailView._apply_open,
+    EventType.CLICK: EmailView._apply_click,
+}
+
+
+class Email(Aggregate):
+    """One recipient's email: its append-only, deduplicated, hash-chained log."""
+
+    keys: set[str]
+    last_hash: str
+    view: EmailView
+
+    @classmethod
+    def blank(cls, email_id: UUID, timestamp: datetime) -> Email:
+        """An email with no events yet, ready for its first one."""
+        email = cls.__new__(cls)
+        email.__base_init__(originator_id=email_id, originator_version=0, timestamp=timestamp)
+        email.keys = set()
+        email.last_hash = GENESIS_HASH
+        email.view = EmailView(id=str(email_id), workspace_id="")
+        return email
+
+    def holds(self, report: Report) -> bool:
+        """Whether either of the report's keys is already in the log."""
+        transport = report.scoped_transport_key
+        if report.semantic_key in self.keys:
+            return True
+        return transport is not None and transport in self.keys
+
+    def record(self, report: Report, received_at: datetime) -> bool:
+        """Append the report as an event, unless the log already holds it."""
+        if self.holds(report):
+            return False
+        event_class = EVENT_CLASSES[report.event_type]
+        attributes: dict[str, Any] = {
+            "workspace_id": report.workspace_id,
+            "message_id": report.message_id,
+            "to_address": report.to_address,
+            "event_at": report.event_at,
+            "received_at": format_time(received_at),
+            "provider": report.provider,
+            "transport_key": report.scoped_transport_key,
+            "semantic_key": report.semantic_key,
+            "receipt_id": report.receipt_id,
+            "from_address": report.from_address,
+            "subject": report.subject,
+            "sent_at": report.sent_at,
+            "setup_id": report.setup_id,
+            "prev_hash": self.last_hash,
+            **report.full_detail(),
+        }
+        content = dict(attributes, originator_version=self.version + 1)
+        content["originator_id"], content["event_type"] = str(self.id), str(report.event_type)
+        attributes["hash"] = chain_hash(self.last_hash, content)
+        self.trigger_event(event_class, timestamp=received_at, **attributes)
+        return True
+
+    def absorb(self, event: EmailEvent) -> None:
+        """Apply an event's effects (runs on record and on every replay)."""
+        self.keys.add(event.semantic_key)
+        if event.transport_key is not None:
+            self.keys.add(event.transport_key)
+        self.last_hash = event.hash
+        if not self.view.workspace_id:
+            self.view.workspace_id = event.workspace_id
+        self.view.apply(event)
+
+
+def verify_chain(events: list[EmailEvent]) -> tuple[int, str, str] | None:
+    """The first broken link of a log as (version, expected, found), or None if it holds."""
+    prev = GENESIS_HASH
+    for event in events:
+        if event.prev_hash != prev:
+            return event.originator_version, prev, event.prev_hash
+        expected = event.computed_hash()
+        if expected != event.hash:
+            return event.originator_version, expected, event.hash
+        prev = event.hash
+    return None
+

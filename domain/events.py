@@ -1,0 +1,164 @@
+"""The events of an email's log, declared explicitly, one class per kind.
+
+Every event carries the common fields of `EmailEvent`; each subclass adds the
+type-specific fields of SPEC section 1. Attributes are JSON-native (times are RFC 3339
+text of fixed width, so comparing them as text compares the moments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from eventsourcing.domain import AggregateEvent
+
+from domain.reports import EventType, canonical_json
+
+if TYPE_CHECKING:
+    from domain.email import Email
+
+GENESIS_HASH = "0" * 64
+
+
+class EmailEvent(AggregateEvent):
+    """What every recorded event of an email carries."""
+
+    event_type: ClassVar[EventType]
+
+    workspace_id: str
+    message_id: str
+    to_address: str
+    event_at: str
+    received_at: str
+    provider: str
+    transport_key: str | None
+    semantic_key: str
+    receipt_id: str | None
+    from_address: str | None
+    subject: str | None
+    sent_at: str | None
+    setup_id: str | None
+    prev_hash: str
+    hash: str
+
+    def mutate(self, aggregate: Any) -> Any:
+        # Any kind of event may be an email's first: it creates the aggregate.
+        if aggregate is None:
+            from domain.email import Email  # noqa: PLC0415 (the aggregate imports us)
+
+            aggregate = Email.blank(self.originator_id, self.timestamp)
+        return super().mutate(aggregate)
+
+    def apply(self, aggregate: Email) -> None:
+        aggregate.absorb(self)
+
+    @classmethod
+    def detail_names(cls) -> tuple[str, ...]:
+        """The names of this kind's type-specific fields."""
+        common = {f.name for f in fields(EmailEvent)}
+        return tuple(f.name for f in fields(cls) if f.name not in common)
+
+    def detail(self) -> dict[str, Any]:
+        """The type-specific fields, by name."""
+        return {name: getattr(self, name) for name in self.detail_names()}
+
+    def carries_origin(self) -> bool:
+        """Whether the event says who sent the email (and so can describe it)."""
+        return self.event_type is EventType.SENT or any(
+            value is not None
+            for value in (self.from_address, self.subject, self.sent_at, self.setup_id)
+        )
+
+    def chain_content(self) -> dict[str, Any]:
+        """What the chain hash covers: everything the event says, and where it stands."""
+        content = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("hash", "timestamp", "originator_id"):
+            content.pop(name)
+        content["originator_id"] = str(self.originator_id)
+        content["event_type"] = str(self.event_type)
+        return content
+
+    def computed_hash(self) -> str:
+        """SHA-256 over the previous event's hash and this event's canonical content."""
+        return chain_hash(self.prev_hash, self.chain_content())
+
+
+def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
+    """The hash that links an event to the one before it."""
+    return hashlib.sha256(prev_hash.encode() + canonical_json(content)).hexdigest()
+
+
+class Sent(EmailEvent):
+    """The email was accepted for sending."""
+
+    event_type = EventType.SENT
+    use_case_id: str | None
+    email_type: str | None
+    tier: str | None
+    attachment_filenames: list[str]
+    has_attachment: bool
+    tags: dict[str, Any]
+
+
+class Delivery(EmailEvent):
+    """The receiving server accepted the email."""
+
+    event_type = EventType.DELIVERY
+    smtp_response: str | None
+    remote_mta: str | None
+
+
+class Bounce(EmailEvent):
+    """The email bounced."""
+
+    event_type = EventType.BOUNCE
+    bounce_type: str | None
+    bounce_subtype: str | None
+    diagnostic_code: str | None
+
+
+class Complaint(EmailEvent):
+    """The recipient marked the email as spam."""
+
+    event_type = EventType.COMPLAINT
+    feedback_type: str | None
+
+
+class Reject(EmailEvent):
+    """The email was refused before it was sent."""
+
+    event_type = EventType.REJECT
+    reason: str | None
+
+
+class DeliveryDelay(EmailEvent):
+    """Delivery is delayed; the provider keeps trying."""
+
+    event_type = EventType.DELIVERY_DELAY
+    delay_type: str | None
+    expiration_time: str | None
+
+
+class Open(EmailEvent):
+    """The email was opened (or fetched by a proxy: `machine_open`)."""
+
+    event_type = EventType.OPEN
+    ip: str | None
+    user_agent: str | None
+    machine_open: bool
+
+
+class Click(EmailEvent):
+    """A link in the email was clicked."""
+
+    event_type = EventType.CLICK
+    link: str | None
+    ip: str | None
+    user_agent: str | None
+
+
+EVENT_CLASSES: dict[EventType, type[EmailEvent]] = {
+    cls.event_type: cls
+    for cls in (Sent, Delivery, Bounce, Complaint, Reject, DeliveryDelay, Open, Click)
+}

@@ -1,0 +1,180 @@
+"""What a provider said about one email, normalized: the `Report`.
+
+A report is input; an event is what the ledger recorded from it. Parsers of every
+provider produce reports, and `EmailLedger.record` turns the new ones into events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+# Emails get deterministic ids so that two workers seeing the first event of one email
+# at the same moment make the same aggregate, and one of them loses the version race.
+EMAIL_NAMESPACE = uuid.UUID("5b0e4a4e-8d3c-4a53-9a53-6d61696c6c65")
+
+
+class EventType(StrEnum):
+    """The kinds of event an email's log can hold."""
+
+    SENT = "Sent"
+    DELIVERY = "Delivery"
+    BOUNCE = "Bounce"
+    COMPLAINT = "Complaint"
+    REJECT = "Reject"
+    DELIVERY_DELAY = "DeliveryDelay"
+    OPEN = "Open"
+    CLICK = "Click"
+
+
+# The type-specific fields each event carries (SPEC section 1), with their JSON types.
+DETAIL_FIELDS: dict[EventType, dict[str, type | tuple[type, ...]]] = {
+    EventType.SENT: {
+        "use_case_id": str,
+        "email_type": str,
+        "tier": str,
+        "attachment_filenames": list,
+        "has_attachment": bool,
+        "tags": dict,
+    },
+    EventType.DELIVERY: {"smtp_response": str, "remote_mta": str},
+    EventType.BOUNCE: {"bounce_type": str, "bounce_subtype": str, "diagnostic_code": str},
+    EventType.COMPLAINT: {"feedback_type": str},
+    EventType.REJECT: {"reason": str},
+    EventType.DELIVERY_DELAY: {"delay_type": str, "expiration_time": str},
+    EventType.OPEN: {"ip": str, "user_agent": str, "machine_open": bool},
+    EventType.CLICK: {"link": str, "ip": str, "user_agent": str},
+}
+
+BOUNCE_TYPES = ("Permanent", "Transient", "Undetermined")
+
+
+class InvalidReportError(ValueError):
+    """A report that cannot be recorded as it stands."""
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds: fixed width, so text order is time order."""
+    if moment.tzinfo is None:
+        raise InvalidReportError(f"time without a zone: {moment.isoformat()}")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 time (with `Z` or an offset) into an aware UTC datetime."""
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise InvalidReportError(f"not an RFC 3339 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidReportError(f"time without a zone: {text!r}")
+    return moment.astimezone(UTC)
+
+
+def normalize_time(text: str) -> str:
+    """The canonical text of a time given in any RFC 3339 form."""
+    return format_time(parse_time(text))
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8. Used for keys and hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def email_id_for(workspace_id: str, message_id: str, to_address: str) -> uuid.UUID:
+    """The one id of the email sent as `message_id` to `to_address` in a workspace."""
+    name = "\x1f".join((workspace_id, message_id, to_address.strip().lower()))
+    return uuid.uuid5(EMAIL_NAMESPACE, name)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One fact a provider (or the sender) reported about one recipient's email."""
+
+    workspace_id: str
+    event_type: EventType
+    provider: str
+    message_id: str
+    to_address: str
+    event_at: str
+    transport_key: str | None = None
+    email_id: uuid.UUID | None = None
+    receipt_id: str | None = None
+    from_address: str | None = None
+    subject: str | None = None
+    sent_at: str | None = None
+    setup_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "event_type", EventType(self.event_type))
+        object.__setattr__(self, "to_address", self.to_address.strip().lower())
+        object.__setattr__(self, "event_at", normalize_time(self.event_at))
+        if self.sent_at is not None:
+            object.__setattr__(self, "sent_at", normalize_time(self.sent_at))
+        if not self.message_id or not self.to_address or not self.provider:
+            raise InvalidReportError("a report needs a provider, a message_id and a to_address")
+        self._check_detail()
+
+    def _check_detail(self) -> None:
+        allowed = DETAIL_FIELDS[self.event_type]
+        for name, value in self.detail.items():
+            expected = allowed.get(name)
+            if expected is None:
+                raise InvalidReportError(f"{self.event_type} has no field {name!r}")
+            if value is not None and not isinstance(value, expected):
+                raise InvalidReportError(f"{self.event_type}.{name} has the wrong type")
+        bounce_type = self.detail.get("bounce_type")
+        if bounce_type is not None and bounce_type not in BOUNCE_TYPES:
+            raise InvalidReportError(f"bounce_type must be one of {', '.join(BOUNCE_TYPES)}")
+
+    @property
+    def target_email_id(self) -> uuid.UUID:
+        """The email this report is about: echoed back by the provider, or derived."""
+        if self.email_id is not None:
+            return self.email_id
+        return email_id_for(self.workspace_id, self.message_id, self.to_address)
+
+    def full_detail(self) -> dict[str, Any]:
+        """Every type-specific field, absent ones as null (machine_open defaults false)."""
+        detail: dict[str, Any] = dict.fromkeys(DETAIL_FIELDS[self.event_type])
+        detail.update(self.detail)
+        if self.event_type is EventType.OPEN:
+            detail["machine_open"] = bool(detail["machine_open"])
+        if self.event_type is EventType.SENT:
+            names = detail["attachment_filenames"] or []
+            detail["attachment_filenames"] = list(names)
+            detail["has_attachment"] = bool(names)
+            detail["tags"] = detail["tags"] or {}
+        return detail
+
+    @property
+    def semantic_key(self) -> str:
+        """A stable hash of the fact itself, whatever id the provider sent it under."""
+        fact = [
+            self.provider,
+            self.message_id,
+            self.to_address,
+            str(self.event_type),
+            self.event_at,
+            self.full_detail(),
+        ]
+        return hashlib.sha256(canonical_json(fact)).hexdigest()
+
+    @property
+    def scoped_transport_key(self) -> str | None:
+        """The provider's event id, namespaced by provider so ids of two never collide."""
+        if self.transport_key is None:
+            return None
+        return f"{self.provider}:{self.transport_key}"
+
+
+def utc_now() -> datetime:
+    """Now, as an aware UTC datetime."""
+    return datetime.now(UTC)

@@ -1,0 +1,40 @@
+"""What every projection shares: the metadata, the tracking table, the interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import BigInteger, Column, Connection, MetaData, String, Table
+
+from domain.events import EmailEvent
+
+metadata = MetaData()
+
+# One row per projection: the position of the last event it applied. Written in the
+# same transaction as the projection's rows, so an event is applied exactly once.
+tracking = Table(
+    "projection_tracking",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Positioned:
+    """An event and its position in the application's notification log."""
+
+    position: int
+    event: EmailEvent
+
+
+class Projection(Protocol):
+    """A read model: the tables it owns and how a batch of events changes them."""
+
+    name: str
+    tables: Sequence[Table]
+
+    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+        """Apply the batch (in position order) inside the caller's transaction."""

@@ -1,0 +1,106 @@
+"""The email view: one row per email with its summary and detail fields."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    String,
+    Table,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from domain.email import EmailView
+from projections.base import Positioned, metadata
+
+TIME = String(27)  # RFC 3339 UTC with microseconds: fixed width, sorts as time
+
+emails = Table(
+    "emails",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("message_id", String(998), nullable=False),
+    Column("to_address", String(320), nullable=False),
+    Column("from_address", String(320)),
+    Column("subject", String(998)),
+    Column("setup_id", String(36)),
+    Column("use_case_id", String(36)),
+    Column("email_type", String(32)),
+    Column("tier", String(32)),
+    Column("attachment_filenames", JSON, nullable=False),
+    Column("has_attachment", Boolean, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("sent_at", TIME),
+    Column("id_rank", String(128)),
+    Column("origin_rank", String(128)),
+    Column("origin_sent_at", TIME),
+    Column("first_event_at", TIME),
+    Column("delivered_at", TIME),
+    Column("bounced_at", TIME),
+    Column("bounce_type", String(32)),
+    Column("bounce_subtype", String(64)),
+    Column("bounce_rank", String(128)),
+    Column("complained_at", TIME),
+    Column("rejected_at", TIME),
+    Column("delivery_delay_at", TIME),
+    Column("first_open_at", TIME),
+    Column("last_open_at", TIME),
+    Column("open_count", Integer, nullable=False),
+    Column("human_open_count", Integer, nullable=False),
+    Column("first_click_at", TIME),
+    Column("last_click_at", TIME),
+    Column("click_count", Integer, nullable=False),
+    Column("updated_at", TIME),
+    # The list queries: scoped by use case or setup, newest first, keyset by id.
+    Index("emails_by_use_case", "workspace_id", "use_case_id", "sent_at", "id"),
+    Index("emails_by_setup", "workspace_id", "setup_id", "sent_at", "id"),
+    # Correlation: a provider's message id and recipient find the email.
+    Index("emails_by_message", "workspace_id", "message_id", "to_address"),
+)
+
+_UPDATABLE = [c.name for c in emails.columns if c.name != "id"]
+
+
+def upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace rows by primary key, in one statement per chunk."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(emails)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["id"], set_={name: stmt.excluded[name] for name in _UPDATABLE}
+    )
+    conn.execute(stmt, rows)
+
+
+class EmailsProjection:
+    """Keeps `emails` equal to folding each email's events into an `EmailView`."""
+
+    name = "emails"
+    tables: Sequence[Table] = (emails,)
+
+    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+        grouped: dict[str, list[Positioned]] = {}
+        for item in batch:
+            grouped.setdefault(str(item.event.originator_id), []).append(item)
+        views = {
+            row["id"]: EmailView.from_row(dict(row))
+            for row in conn.execute(select(emails).where(emails.c.id.in_(grouped))).mappings()
+        }
+        for email_id, items in grouped.items():
+            view = views.get(email_id)
+            if view is None:
+                view = views[email_id] = EmailView(
+                    id=email_id, workspace_id=items[0].event.workspace_id
+                )
+            for item in items:
+                view.apply(item.event)
+        upsert(conn, [views[email_id].as_row() for email_id in grouped])

@@ -1,0 +1,70 @@
+"""The events view: one row per stored event, for the events list."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import JSON, BigInteger, Column, Connection, Index, Integer, String, Table
+
+from projections.base import Positioned, metadata
+from projections.emails import TIME
+
+email_events = Table(
+    "email_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("position", BigInteger, nullable=False, unique=True),
+    Column("email_id", String(36), nullable=False),
+    Column("workspace_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_type", String(16), nullable=False),
+    Column("event_at", TIME, nullable=False),
+    Column("received_at", TIME, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("transport_key", String(300)),
+    Column("semantic_key", String(64), nullable=False),
+    Column("receipt_id", String(36)),
+    Column("message_id", String(998), nullable=False),
+    Column("to_address", String(320), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("email_events_by_email", "workspace_id", "email_id", "event_at", "id"),
+    Index("email_events_by_type", "workspace_id", "event_type", "event_at", "id"),
+    Index("email_events_by_time", "workspace_id", "event_at", "id"),
+)
+
+
+def event_id(email_id: uuid.UUID, version: int) -> str:
+    """A stable id for the event at `version` of an email's log."""
+    return str(uuid.uuid5(email_id, str(version)))
+
+
+class EventsProjection:
+    """Appends one row per event; rows are never changed."""
+
+    name = "events"
+    tables: Sequence[Table] = (email_events,)
+
+    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+        rows = [
+            {
+                "id": event_id(item.event.originator_id, item.event.originator_version),
+                "position": item.position,
+                "email_id": str(item.event.originator_id),
+                "workspace_id": item.event.workspace_id,
+                "version": item.event.originator_version,
+                "event_type": str(item.event.event_type),
+                "event_at": item.event.event_at,
+                "received_at": item.event.received_at,
+                "provider": item.event.provider,
+                "transport_key": item.event.transport_key,
+                "semantic_key": item.event.semantic_key,
+                "receipt_id": item.event.receipt_id,
+                "message_id": item.event.message_id,
+                "to_address": item.event.to_address,
+                "detail": item.event.detail(),
+            }
+            for item in batch
+        ]
+        if rows:
+            conn.execute(email_events.insert(), rows)

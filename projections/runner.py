@@ -1,0 +1,146 @@
+"""Runs projections over the notification log with exactly-once tracking.
+
+Each step locks its projection's tracking row, reads the next batch of events after
+the recorded position, applies it, and moves the position, all in one transaction.
+A process that dies mid-batch leaves nothing applied; two processes never apply the
+same batch, because the second waits on the row lock and then sees the new position.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from projections.base import Positioned, Projection, metadata, tracking
+
+log = logging.getLogger(__name__)
+
+EventReader = Callable[[int, int], Sequence[Positioned]]
+Progress = Callable[[int], object]
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """Where a projection stands against the head of the log."""
+
+    name: str
+    position: int
+    head: int
+
+    @property
+    def lag(self) -> int:
+        """How many positions it still has to apply (an upper bound: ids may skip)."""
+        return max(self.head - self.position, 0)
+
+
+class UnknownProjectionError(LookupError):
+    """No projection has this name."""
+
+
+class ProjectionRunner:
+    """Follows the log for a set of projections."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        read_after: EventReader,
+        head: Callable[[], int],
+        projections: Sequence[Projection],
+        batch_size: int = 1000,
+    ) -> None:
+        self.engine = engine
+        self.read_after = read_after
+        self.head = head
+        self.projections = {p.name: p for p in projections}
+        self.batch_size = batch_size
+
+    def create_tables(self) -> None:
+        """Create the read-model tables and tracking rows that do not exist yet."""
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            known = set(conn.execute(select(tracking.c.name)).scalars())
+            missing = [{"name": n, "position": 0} for n in self.projections if n not in known]
+            if missing:
+                try:
+                    conn.execute(tracking.insert(), missing)
+                except IntegrityError:  # another process made them first
+                    conn.rollback()
+
+    def get(self, name: str) -> Projection:
+        """The projection of that name."""
+        try:
+            return self.projections[name]
+        except KeyError:
+            names = ", ".join(sorted(self.projections))
+            raise UnknownProjectionError(f"no projection {name!r} (known: {names})") from None
+
+    def _lock(self, conn: Connection, name: str) -> int:
+        query = select(tracking.c.position).where(tracking.c.name == name)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return int(conn.execute(query).scalar_one())
+
+    def step(self, name: str) -> int:
+        """Apply the next batch of one projection; the number of events applied."""
+        projection = self.get(name)
+        with self.engine.begin() as conn:
+            position = self._lock(conn, name)
+            batch = self.read_after(position, self.batch_size)
+            if not batch:
+                return 0
+            projection.process(conn, batch)
+            conn.execute(
+                update(tracking)
+                .where(tracking.c.name == name)
+                .values(position=batch[-1].position)
+            )
+        return len(batch)
+
+    def catch_up(self, name: str, progress: Progress | None = None) -> int:
+        """Apply batches until the projection has seen every stored event."""
+        total = 0
+        while applied := self.step(name):
+            total += applied
+            if progress is not None:
+                progress(applied)
+        return total
+
+    def catch_up_all(self) -> int:
+        """Catch every projection up; the number of events applied in all."""
+        return sum(self.catch_up(name) for name in self.projections)
+
+    def rebuild(self, name: str, progress: Progress | None = None) -> int:
+        """Empty the projection's tables and apply the whole log from position 0."""
+        projection = self.get(name)
+        with self.engine.begin() as conn:
+            self._lock(conn, name)
+            for table in projection.tables:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text(f'TRUNCATE TABLE "{table.name}"'))
+                else:
+                    conn.execute(table.delete())
+            conn.execute(update(tracking).where(tracking.c.name == name).values(position=0))
+        return self.catch_up(name, progress)
+
+    def status(self) -> list[ProjectionStatus]:
+        """Each projection's position and the head of the log."""
+        head = self.head()
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(select(tracking.c.name, tracking.c.position)).tuples().all())
+        return [ProjectionStatus(name, int(rows.get(name, 0)), head) for name in self.projections]
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Follow the log until `stop` is set, riding out database outages."""
+        while not stop.is_set():
+            try:
+                self.catch_up_all()
+            except DBAPIError as error:
+                log.warning("projections paused, database unavailable: %s", error.orig)
+            except Exception as error:
+                log.warning("projections paused: %s", error)
+            stop.wait(interval)
