@@ -59,8 +59,7 @@ def create_app(
 
 def _serve(settings: Settings, storage: Storage, host: str, port: int) -> None:
     print(
-        f"mailledger listening on http://{host}:{port} "
-        f"(database {settings.database.describe()})",
+        f"mailledger listening on http://{host}:{port} (database {settings.database.describe()})",
         flush=True,
     )
     uvicorn.run(create_app(settings, storage), host=host, port=port, log_level="info")

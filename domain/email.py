@@ -244,4 +244,3 @@ def verify_chain(events: list[EmailEvent]) -> tuple[int, str, str] | None:
             return event.originator_version, expected, event.hash
         prev = event.hash
     return None
-

@@ -95,9 +95,7 @@ class ProjectionRunner:
                 return 0
             projection.process(conn, batch)
             conn.execute(
-                update(tracking)
-                .where(tracking.c.name == name)
-                .values(position=batch[-1].position)
+                update(tracking).where(tracking.c.name == name).values(position=batch[-1].position)
             )
         return len(batch)
 
@@ -131,7 +129,8 @@ class ProjectionRunner:
         """Each projection's position and the head of the log."""
         head = self.head()
         with self.engine.connect() as conn:
-            rows = dict(conn.execute(select(tracking.c.name, tracking.c.position)).tuples().all())
+            query = select(tracking.c.name, tracking.c.position)
+            rows: dict[str, int] = dict(conn.execute(query).all())
         return [ProjectionStatus(name, int(rows.get(name, 0)), head) for name in self.projections]
 
     def run(self, stop: threading.Event, interval: float) -> None:

@@ -1,0 +1,111 @@
+"""The command line: workspace create, projections, and clear failures."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from adapters import cli
+from adapters.settings import parse_database_url
+from adapters.storage import Storage, open_storage
+from adapters.workspaces import api_keys, find_key
+from tests.factories import report
+
+
+def never_serve(*_: object) -> None:
+    raise AssertionError("serve is not expected here")
+
+
+def run(monkeypatch: pytest.MonkeyPatch, url: str, *argv: str) -> tuple[int, str]:
+    monkeypatch.setenv("MAILLEDGER_DATABASE_URL", url)
+    out = io.StringIO()
+    status = cli.run(list(argv), serve=never_serve, out=out)
+    return status, out.getvalue()
+
+
+def test_workspace_create_json_prints_only_the_ids(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    status, out = run(monkeypatch, database_url, "workspace", "create", "Acme", "--json")
+    assert status == 0
+    answer = json.loads(out)
+    assert set(answer) == {"workspace_id", "api_key"}
+
+    store = open_storage(parse_database_url(database_url))
+    try:
+        key = find_key(store.engine, answer["api_key"])
+        assert key is not None
+        assert key.workspace_id == answer["workspace_id"]
+        assert set(key.permissions) == {"Channel.send", "Channel.view", "Workspace.admin"}
+        with store.engine.connect() as conn:
+            stored = conn.execute(select(api_keys.c.key_hash)).scalars().all()
+        assert answer["api_key"] not in stored
+        assert find_key(store.engine, answer["api_key"] + "x") is None
+    finally:
+        store.close()
+
+
+def test_workspace_create_plain_says_the_key_is_shown_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    status, out = run(monkeypatch, f"sqlite:///{tmp_path / 'w.db'}", "workspace", "create", "Acme")
+    assert status == 0
+    assert "workspace_id:" in out
+    assert "shown only now" in out
+
+
+def test_projections_status_and_rebuild(
+    monkeypatch: pytest.MonkeyPatch, storage: Storage, database_url: str
+) -> None:
+    storage.ledger.record([report("Delivery", message_id=f"m-{i}") for i in range(12)])
+    status, out = run(monkeypatch, database_url, "projections", "status")
+    assert status == 0
+    assert [line.split() for line in out.splitlines()[1:]] == [
+        ["emails", "0", "12", "12"],
+        ["events", "0", "12", "12"],
+    ]
+    status, out = run(monkeypatch, database_url, "projections", "rebuild", "emails")
+    assert (status, out) == (0, "emails: rebuilt from 12 events\n")
+    status, out = run(monkeypatch, database_url, "projections", "run", "--once")
+    assert (status, out) == (0, "applied 12 events\n")
+    status, out = run(monkeypatch, database_url, "projections", "status")
+    assert out.splitlines()[1].split() == ["emails", "12", "12", "0"]
+
+
+def test_rebuild_of_an_unknown_projection_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _ = run(monkeypatch, f"sqlite:///{tmp_path / 'x.db'}", "projections", "rebuild", "nope")
+    assert status == 2
+    assert "no projection 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://localhost/db", "unsupported database URL"),
+        ("postgresql://postgres@127.0.0.1:9/mailledger", "cannot open"),
+        ("postgresql://postgres@127.0.0.1:notaport/x", "MAILLEDGER_DATABASE_URL"),
+    ],
+)
+def test_bad_settings_give_one_line_and_exit_2(url: str, says: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "projections", "status"],
+        env={"MAILLEDGER_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert "Traceback" not in result.stderr

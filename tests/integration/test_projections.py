@@ -1,0 +1,139 @@
+"""Projections: exactly-once tracking, rebuild equals incremental, concurrent runners."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, Table, select
+
+from adapters.settings import parse_database_url
+from adapters.storage import Storage, open_storage
+from domain.reports import Report
+from projections.base import Positioned
+from projections.emails import emails
+from projections.events import email_events
+from tests.factories import report, reports
+
+
+def snapshot(store: Storage) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every read model, in a stable order."""
+    with store.engine.connect() as conn:
+        return {
+            table.name: [
+                dict(row) for row in conn.execute(select(table).order_by(table.c.id)).mappings()
+            ]
+            for table in (emails, email_events)
+        }
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    chunks=st.lists(st.lists(reports(emails=4), min_size=1, max_size=6), min_size=1, max_size=5),
+    steps=st.lists(st.integers(min_value=0, max_value=3), min_size=5, max_size=5),
+)
+def test_rebuild_equals_incremental(
+    storage: Storage, chunks: list[list[Report]], steps: list[int]
+) -> None:
+    storage.runner.rebuild("emails")
+    storage.runner.rebuild("events")
+    for chunk, step_count in zip(chunks, steps, strict=False):
+        storage.ledger.record(chunk)
+        for _ in range(step_count):  # follow part of the way, in small batches
+            storage.runner.step("emails")
+            storage.runner.step("events")
+    storage.runner.catch_up_all()
+    incremental = snapshot(storage)
+
+    for name in ("emails", "events"):
+        storage.runner.rebuild(name)
+    assert snapshot(storage) == incremental
+
+
+def test_rows_match_the_aggregate(storage: Storage) -> None:
+    items = [
+        report("Delivery", event_at="2025-03-14T19:05:00Z"),
+        report("Sent", event_at="2025-03-14T19:00:00Z", from_address="a@b.test", subject="Hi"),
+        report("Open", event_at="2025-03-14T19:06:00Z", machine_open=True),
+        report("Bounce", message_id="other", bounce_type="Transient"),
+    ]
+    outcomes = storage.ledger.record(items)
+    storage.runner.catch_up_all()
+    rows = {row["id"]: row for row in snapshot(storage)["emails"]}
+    for email_id in {o.email_id for o in outcomes}:
+        assert rows[str(email_id)] == storage.ledger.get_email(email_id).view.as_row()
+    assert rows[str(outcomes[0].email_id)]["state"] == "delivered"
+    assert len(snapshot(storage)["email_events"]) == 4
+
+
+class Exploding:
+    """A projection that writes its rows, then fails before the batch commits."""
+
+    name = "events"
+    tables: Sequence[Table] = (email_events,)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+        self.inner.process(conn, batch)
+        raise RuntimeError("process died mid-batch")
+
+
+def test_a_batch_that_fails_halfway_applies_nothing(storage: Storage) -> None:
+    storage.ledger.record([report("Delivery", message_id=f"m-{i}") for i in range(5)])
+    healthy = storage.runner.projections["events"]
+    storage.runner.projections["events"] = Exploding(healthy)
+    with pytest.raises(RuntimeError, match="mid-batch"):
+        storage.runner.step("events")
+    assert snapshot(storage)["email_events"] == []
+    assert {s.name: s.position for s in storage.runner.status()}["events"] == 0
+
+    storage.runner.projections["events"] = healthy
+    storage.runner.catch_up("events")
+    assert len(snapshot(storage)["email_events"]) == 5
+
+
+def test_status_reports_position_and_lag(storage: Storage) -> None:
+    storage.ledger.record([report("Delivery", message_id=f"m-{i}") for i in range(10)])
+    storage.runner.step("emails")  # batch size 7 in these tests
+    status = {s.name: s for s in storage.runner.status()}
+    assert (status["emails"].position, status["emails"].lag) == (7, 3)
+    assert (status["events"].position, status["events"].lag) == (0, 10)
+
+
+@pytest.mark.postgres
+def test_concurrent_runners_never_apply_an_event_twice(postgres_url: str) -> None:
+    writer = open_storage(parse_database_url(postgres_url), batch_size=5)
+    runners = [open_storage(parse_database_url(postgres_url), batch_size=5) for _ in range(4)]
+    try:
+        for i in range(20):
+            writer.ledger.record([report("Open", message_id=f"m-{i % 3}", ip=f"10.0.0.{i}")])
+        errors: list[BaseException] = []
+
+        def follow(store: Storage) -> None:
+            try:
+                store.runner.catch_up_all()
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=follow, args=(r,)) for r in runners]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        rows = snapshot(writer)
+        assert sorted(r["open_count"] for r in rows["emails"]) == [6, 7, 7]
+        assert len(rows["email_events"]) == 20
+    finally:
+        for store in [writer, *runners]:
+            store.close()

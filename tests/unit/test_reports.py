@@ -1,0 +1,59 @@
+"""Reports: normalization, keys and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain.reports import InvalidReportError, email_id_for, normalize_time
+from tests.factories import report
+
+
+def test_times_of_any_rfc3339_form_normalize_to_utc_microseconds() -> None:
+    assert normalize_time("2025-03-14T19:04:01Z") == "2025-03-14T19:04:01.000000Z"
+    assert normalize_time("2025-03-14T21:04:01.16025+02:00") == "2025-03-14T19:04:01.160250Z"
+
+
+def test_a_time_without_zone_is_refused() -> None:
+    with pytest.raises(InvalidReportError, match="zone"):
+        normalize_time("2025-03-14T19:04:01")
+
+
+def test_semantic_key_ignores_the_transport_key_and_time_format() -> None:
+    a = report(
+        "Bounce", transport_key="a", event_at="2025-03-14T19:04:01Z", bounce_type="Permanent"
+    )
+    b = report(
+        "Bounce", transport_key="b", event_at="2025-03-14T20:04:01+01:00", bounce_type="Permanent"
+    )
+    assert a.semantic_key == b.semantic_key
+
+
+def test_semantic_key_differs_when_the_fact_differs() -> None:
+    a = report("Bounce", bounce_type="Permanent")
+    b = report("Bounce", bounce_type="Transient")
+    c = report("Bounce", bounce_type="Permanent", event_at="2025-03-14T19:04:02Z")
+    assert len({a.semantic_key, b.semantic_key, c.semantic_key}) == 3
+
+
+def test_email_ids_are_deterministic_per_workspace_message_and_recipient() -> None:
+    assert email_id_for("w", "m", "A@Example.com") == email_id_for("w", "m", "a@example.com")
+    assert email_id_for("w", "m", "a@example.com") != email_id_for("w2", "m", "a@example.com")
+    assert email_id_for("w", "m", "a@example.com") != email_id_for("w", "m", "b@example.com")
+    assert report(to_address="A@Example.com").target_email_id == email_id_for(
+        report().workspace_id, "msg-1", "a@example.com"
+    )
+
+
+def test_unknown_field_for_the_event_type_is_refused() -> None:
+    with pytest.raises(InvalidReportError, match="no field"):
+        report("Delivery", bounce_type="Permanent")
+
+
+def test_bounce_type_must_be_a_known_one() -> None:
+    with pytest.raises(InvalidReportError, match="bounce_type"):
+        report("Bounce", bounce_type="Hard")
+
+
+def test_a_report_needs_a_message_id() -> None:
+    with pytest.raises(InvalidReportError):
+        report(message_id="")
