@@ -83,7 +83,8 @@ def _postgres(url: str) -> Database:
         "POSTGRES_USER": user,
         "POSTGRES_PASSWORD": password,
         "POSTGRES_CONNECT_TIMEOUT": "5",
-        "POSTGRES_PRE_PING": "y",
+        # No ping per checkout: the library retries a statement on a dead connection.
+        "POSTGRES_PRE_PING": "n",
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "8",
         "POSTGRES_LOCK_TIMEOUT": "10",

@@ -7,10 +7,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
+from uuid import UUID
 
 import orjson
 import psycopg
-from eventsourcing.persistence import Transcoder
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Transcoder
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg.sql import SQL, Identifier
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -117,6 +121,61 @@ def notification_reader(ledger: EmailLedger) -> Callable[[int, int], Sequence[Po
     return read_after
 
 
+SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
+
+
+def bulk_select(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list[StoredEvent]:
+    """The stored events of many emails in one query per chunk, in log order."""
+    if isinstance(recorder, PostgresApplicationRecorder):
+        return _bulk_select_postgres(recorder, email_ids)
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        return _bulk_select_sqlite(recorder, email_ids)
+    return [event for email_id in email_ids for event in recorder.select_events(email_id)]
+
+
+def _bulk_select_postgres(
+    recorder: PostgresApplicationRecorder, email_ids: Sequence[UUID]
+) -> list[StoredEvent]:
+    statement = SQL(
+        "SELECT originator_id, originator_version, topic, state FROM {}.{} "
+        "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+    ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+    with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+        cursor.execute(statement, [list(email_ids)])
+        return [
+            StoredEvent(
+                row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"])
+            )
+            for row in cursor.fetchall()
+        ]
+
+
+def _bulk_select_sqlite(
+    recorder: SQLiteApplicationRecorder, email_ids: Sequence[UUID]
+) -> list[StoredEvent]:
+    found: list[StoredEvent] = []
+    for start in range(0, len(email_ids), SQLITE_CHUNK):
+        chunk = [i.hex for i in email_ids[start : start + SQLITE_CHUNK]]
+        marks = ", ".join("?" * len(chunk))
+        statement = (
+            f"SELECT originator_id, originator_version, topic, state "
+            f"FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
+            "ORDER BY originator_id, originator_version"
+        )
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, chunk)
+            found.extend(
+                StoredEvent(
+                    UUID(row["originator_id"]),
+                    row["originator_version"],
+                    row["topic"],
+                    row["state"],
+                )
+                for row in cursor.fetchall()
+            )
+    return found
+
+
 def open_storage(
     database: Database,
     *,
@@ -127,7 +186,10 @@ def open_storage(
     check_reachable(database)
     try:
         ledger = EmailLedger(
-            dict(database.eventsourcing_env), transcoder=OrjsonTranscoder(), clock=clock
+            dict(database.eventsourcing_env),
+            transcoder=OrjsonTranscoder(),
+            clock=clock,
+            bulk_select=bulk_select,
         )
     except Exception as error:
         raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None

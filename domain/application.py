@@ -11,8 +11,13 @@ from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Transcoder
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    StoredEvent,
+    Transcoder,
+)
 
 from domain.email import Email, verify_chain
 from domain.events import EmailEvent
@@ -22,6 +27,9 @@ from domain.reports import Report, utc_now
 # reloads the emails it touched, so the loser sees the winner's events and drops
 # what the winner already recorded.
 MAX_ATTEMPTS = 20
+
+# Reads the stored events of many emails in one query, in (email, version) order.
+BulkSelect = Callable[[ApplicationRecorder, Sequence[UUID]], Sequence[StoredEvent]]
 
 
 class EmailNotFoundError(LookupError):
@@ -67,9 +75,11 @@ class EmailLedger(Application[UUID]):
         *,
         transcoder: Transcoder | None = None,
         clock: Callable[[], datetime] = utc_now,
+        bulk_select: BulkSelect | None = None,
     ) -> None:
         self._transcoder = transcoder
         self._clock = clock
+        self._bulk_select = bulk_select
         super().__init__(env)
 
     def construct_transcoder(self) -> Transcoder:
@@ -102,6 +112,7 @@ class EmailLedger(Application[UUID]):
 
     def _apply(self, reports: Sequence[Report], emails: dict[UUID, Email]) -> list[Outcome]:
         received_at = self._clock()
+        emails.update(self._preload({r.target_email_id for r in reports}))
         outcomes = []
         for report in reports:
             email_id = report.target_email_id
@@ -111,6 +122,20 @@ class EmailLedger(Application[UUID]):
             recorded = email.record(report, received_at)
             outcomes.append(Outcome(email_id, email.version if recorded else None))
         return outcomes
+
+    def _preload(self, email_ids: set[UUID]) -> dict[UUID, Email]:
+        # One query for every email of the batch that is not cached, instead of one each.
+        cache = self.repository.cache
+        missing = [i for i in email_ids if cache is None or i not in cache.cache]
+        if self._bulk_select is None or len(missing) < 2:
+            return {}
+        logs: dict[UUID, list[EmailEvent]] = {}
+        for stored in self._bulk_select(self.recorder, missing):
+            event = cast("EmailEvent", self.mapper.to_domain_event(stored))
+            logs.setdefault(event.originator_id, []).append(event)
+        return {
+            email_id: cast("Email", project_aggregate(None, log)) for email_id, log in logs.items()
+        }
 
     def _load(self, email_id: UUID, now: datetime) -> Email:
         try:

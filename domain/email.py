@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -148,16 +150,23 @@ class EmailView:
 
     def as_row(self) -> dict[str, Any]:
         """The stored form: every field, plus the derived `sent_at` and `state`."""
-        row = dataclasses.asdict(self)
+        row = {name: getattr(self, name) for name in _VIEW_FIELDS}
+        row["attachment_filenames"] = list(self.attachment_filenames)
+        row["tags"] = dict(self.tags)
         row["sent_at"], row["state"] = self.sent_at, self.state
         return row
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> EmailView:
+    def from_row(cls, row: Mapping[str, Any]) -> EmailView:
         """Rebuild a view from its stored form."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{name: value for name, value in row.items() if name in names})
+        return cls(**{name: row[name] for name in _VIEW_FIELDS})
 
+    def copy(self) -> EmailView:
+        """An independent copy (the list and dict fields are not shared)."""
+        return EmailView.from_row(self.as_row())
+
+
+_VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(EmailView))
 
 _HANDLERS = {
     EventType.DELIVERY: EmailView._apply_delivery,
@@ -186,6 +195,15 @@ class Email(Aggregate):
         email.last_hash = GENESIS_HASH
         email.view = EmailView(id=str(email_id), workspace_id="")
         return email
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Email:
+        # The repository copies cached emails before each command; a generic deepcopy
+        # of every attribute cost more than the rest of recording.
+        clone = copy.copy(self)
+        clone.keys = set(self.keys)
+        clone.view = self.view.copy()
+        clone._pending_events = list(self._pending_events)
+        return clone
 
     def holds(self, report: Report) -> bool:
         """Whether either of the report's keys is already in the log."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 # Emails get deterministic ids so that two workers seeing the first event of one email
@@ -154,7 +155,7 @@ class Report:
             detail["tags"] = detail["tags"] or {}
         return detail
 
-    @property
+    @cached_property
     def semantic_key(self) -> str:
         """A stable hash of the fact itself, whatever id the provider sent it under."""
         fact = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -16,10 +15,10 @@ from sqlalchemy import (
     Table,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from domain.email import EmailView
 from projections.base import Positioned, metadata
+from projections.bulk import upsert_rows
 
 TIME = String(27)  # RFC 3339 UTC with microseconds: fixed width, sorts as time
 
@@ -68,18 +67,6 @@ emails = Table(
     Index("emails_by_message", "workspace_id", "message_id", "to_address"),
 )
 
-_UPDATABLE = [c.name for c in emails.columns if c.name != "id"]
-
-
-def upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace rows by primary key, in one statement per chunk."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(emails)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["id"], set_={name: stmt.excluded[name] for name in _UPDATABLE}
-    )
-    conn.execute(stmt, rows)
-
 
 class EmailsProjection:
     """Keeps `emails` equal to folding each email's events into an `EmailView`."""
@@ -103,4 +90,4 @@ class EmailsProjection:
                 )
             for item in items:
                 view.apply(item.event)
-        upsert(conn, [views[email_id].as_row() for email_id in grouped])
+        upsert_rows(conn, emails, [views[email_id].as_row() for email_id in grouped])

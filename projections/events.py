@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import JSON, BigInteger, Column, Connection, Index, Integer, String, Table
 
 from projections.base import Positioned, metadata
+from projections.bulk import insert_rows
 from projections.emails import TIME
 
 email_events = Table(
@@ -66,5 +67,4 @@ class EventsProjection:
             }
             for item in batch
         ]
-        if rows:
-            conn.execute(email_events.insert(), rows)
+        insert_rows(conn, email_events, rows)

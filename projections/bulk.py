@@ -1,0 +1,63 @@
+"""Writing many rows at once: COPY on PostgreSQL, executemany elsewhere.
+
+Rebuilding a projection writes a row per event; per-row statements would make the
+database round trip, not the fold, the cost of a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Connection, Table
+from sqlalchemy.dialects import sqlite
+
+
+def _copy(conn: Connection, table: Table, target: str, rows: Sequence[dict[str, Any]]) -> None:
+    names = [c.name for c in table.columns]
+    as_text = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    columns = ", ".join(f'"{name}"' for name in names)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(f'COPY "{target}" ({columns}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[n]) if n in as_text else row[n] for n in names])
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Append rows (in the caller's transaction)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _copy(conn, table, table.name, rows)
+    else:
+        conn.execute(table.insert(), list(rows))
+
+
+def upsert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, replacing any with the same primary key (in the caller's transaction)."""
+    if not rows:
+        return
+    (key,) = [c.name for c in table.primary_key.columns]
+    others = [c.name for c in table.columns if c.name != key]
+    if conn.dialect.name != "postgresql":
+        stmt = sqlite.insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[key], set_={n: stmt.excluded[n] for n in others}
+        )
+        conn.execute(stmt, list(rows))
+        return
+    staging = f"staging_{table.name}"
+    conn.exec_driver_sql(
+        f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" '
+        f'(LIKE "{table.name}") ON COMMIT DELETE ROWS'
+    )
+    _copy(conn, table, staging, rows)
+    columns = ", ".join(f'"{c.name}"' for c in table.columns)
+    updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in others)
+    conn.exec_driver_sql(
+        f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM "{staging}" '
+        f'ON CONFLICT ("{key}") DO UPDATE SET {updates}'
+    )
+    conn.exec_driver_sql(f'TRUNCATE "{staging}"')
