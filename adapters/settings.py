@@ -88,8 +88,9 @@ def _postgres(url: str) -> Database:
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "8",
         "POSTGRES_LOCK_TIMEOUT": "10",
-        # One round trip per batch: the library's unnest() insert function.
+        # One round trip per batch (typed arrays through unnest(), see adapters/eventstore).
         "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
+        "APPLICATION_RECORDER_TOPIC": "adapters.eventstore:ArrayInsertRecorder",
     }
     auth = user if not password else f"{user}:{parts.password}"
     sa_url = f"postgresql+psycopg://{auth}@{parts.hostname}:{port}/{parts.path.lstrip('/')}"

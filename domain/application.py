@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     ApplicationRecorder,
     IntegrityError,
@@ -112,7 +112,7 @@ class EmailLedger(Application[UUID]):
 
     def _apply(self, reports: Sequence[Report], emails: dict[UUID, Email]) -> list[Outcome]:
         received_at = self._clock()
-        emails.update(self._preload({r.target_email_id for r in reports}))
+        emails.update(self._preload({r.target_email_id for r in reports}, received_at))
         outcomes = []
         for report in reports:
             email_id = report.target_email_id
@@ -123,8 +123,9 @@ class EmailLedger(Application[UUID]):
             outcomes.append(Outcome(email_id, email.version if recorded else None))
         return outcomes
 
-    def _preload(self, email_ids: set[UUID]) -> dict[UUID, Email]:
-        # One query for every email of the batch that is not cached, instead of one each.
+    def _preload(self, email_ids: set[UUID], now: datetime) -> dict[UUID, Email]:
+        # One query for every email of the batch that is not cached, instead of one each;
+        # an email the query does not find is new.
         cache = self.repository.cache
         missing = [i for i in email_ids if cache is None or i not in cache.cache]
         if self._bulk_select is None or len(missing) < 2:
@@ -134,7 +135,8 @@ class EmailLedger(Application[UUID]):
             event = cast("EmailEvent", self.mapper.to_domain_event(stored))
             logs.setdefault(event.originator_id, []).append(event)
         return {
-            email_id: cast("Email", project_aggregate(None, log)) for email_id, log in logs.items()
+            email_id: _replay(logs[email_id]) if email_id in logs else Email.blank(email_id, now)
+            for email_id in missing
         }
 
     def _load(self, email_id: UUID, now: datetime) -> Email:
@@ -176,3 +178,11 @@ class EmailLedger(Application[UUID]):
     def describe(self) -> dict[str, Any]:
         """Where the event store lives, for status output."""
         return {"persistence": self.env.get("PERSISTENCE_MODULE", "popo")}
+
+
+def _replay(log: Sequence[EmailEvent]) -> Email:
+    email: Email | None = None
+    for event in log:
+        email = event.mutate(email)
+    assert email is not None
+    return email

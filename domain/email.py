@@ -15,8 +15,6 @@ from eventsourcing.domain import Aggregate
 from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_hash
 from domain.reports import EventType, Report, format_time
 
-STATES_BY_PRECEDENCE = ("complained", "bounced", "rejected", "delivered", "sent")
-
 
 def _earliest(current: str | None, candidate: str) -> str:
     return candidate if current is None or candidate < current else current
@@ -80,14 +78,15 @@ class EmailView:
     @property
     def state(self) -> str:
         """The derived state, by precedence over everything seen."""
-        reached = (
-            self.complained_at,
-            self.bounced_at,
-            self.rejected_at,
-            self.delivered_at,
-            "always",
-        )
-        return next(name for name, at in zip(STATES_BY_PRECEDENCE, reached, strict=True) if at)
+        if self.complained_at:
+            return "complained"
+        if self.bounced_at:
+            return "bounced"
+        if self.rejected_at:
+            return "rejected"
+        if self.delivered_at:
+            return "delivered"
+        return "sent"
 
     def apply(self, event: EmailEvent) -> None:
         """Fold one event in; commutative, so any order gives the same view."""
@@ -163,7 +162,10 @@ class EmailView:
 
     def copy(self) -> EmailView:
         """An independent copy (the list and dict fields are not shared)."""
-        return EmailView.from_row(self.as_row())
+        clone = copy.copy(self)
+        clone.attachment_filenames = list(self.attachment_filenames)
+        clone.tags = dict(self.tags)
+        return clone
 
 
 _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(EmailView))

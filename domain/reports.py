@@ -135,7 +135,7 @@ class Report:
         if bounce_type is not None and bounce_type not in BOUNCE_TYPES:
             raise InvalidReportError(f"bounce_type must be one of {', '.join(BOUNCE_TYPES)}")
 
-    @property
+    @cached_property
     def target_email_id(self) -> uuid.UUID:
         """The email this report is about: echoed back by the provider, or derived."""
         if self.email_id is not None:
