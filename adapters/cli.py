@@ -103,10 +103,10 @@ def _projections(storage: Storage, args: argparse.Namespace, out: TextIO) -> int
         for name in names:
             runner.get(name)
         head = storage.ledger.head_position()
-        for name in names:
-            with tqdm(total=head, desc=f"rebuild {name}", unit="ev", file=sys.stderr) as bar:
-                applied = runner.rebuild(name, progress=bar.update)
-            out.write(f"{name}: rebuilt from {applied} events\n")
+        label = f"rebuild {', '.join(names)}"
+        with tqdm(total=head, desc=label, unit="ev", file=sys.stderr) as bar:
+            applied = runner.rebuild_together(names, progress=bar.update)
+        out.write(f"{', '.join(names)}: rebuilt from {applied} events\n")
         return 0
     if args.once:
         out.write(f"applied {runner.catch_up_all()} events\n")

@@ -82,15 +82,26 @@ def make_engine(database: Database) -> Engine:
     if database.kind == "postgresql":
         return create_engine(
             database.sqlalchemy_url,
+            json_serializer=_json_text,
+            json_deserializer=orjson.loads,
             pool_pre_ping=True,
             pool_size=4,
             max_overflow=8,
             connect_args={"connect_timeout": 5},
         )
-    engine = create_engine(database.sqlalchemy_url, connect_args={"timeout": 30})
+    engine = create_engine(
+        database.sqlalchemy_url,
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
+        connect_args={"timeout": 30},
+    )
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -200,6 +211,7 @@ def open_storage(
         ledger.head_position,
         default_projections(),
         batch_size=batch_size,
+        rebuild_batch_size=max(batch_size, 20_000),
     )
     runner.create_tables()
     admin_metadata.create_all(engine)

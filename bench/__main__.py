@@ -181,8 +181,7 @@ def bench_ingest(url: str, events: int) -> tuple[float, float, int]:
 def bench_rebuild(store: Storage, events: int) -> float:
     """Events per second to rebuild every projection from position 0."""
     started = time.perf_counter()
-    for name in store.runner.projections:
-        store.runner.rebuild(name)
+    store.runner.rebuild_together(list(store.runner.projections))
     return events / (time.perf_counter() - started)
 
 
@@ -199,7 +198,7 @@ def main() -> None:
         log(f"ingest: {sizes['ingest']} reports")
         ingest, reports, head = bench_ingest(url, sizes["ingest"])
         log(f"rebuild: {head} events, every projection")
-        store = open_storage(parse_database_url(url), batch_size=5000)
+        store = open_storage(parse_database_url(url))
         rebuild = bench_rebuild(store, head)
         store.close()
 

@@ -156,7 +156,7 @@ class EmailView:
         return row
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> EmailView:
+    def from_row(cls, row: Mapping[str, Any] | Any) -> EmailView:
         """Rebuild a view from its stored form."""
         return cls(**{name: row[name] for name in _VIEW_FIELDS})
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.domain import AggregateEvent
 
-from domain.reports import EventType, canonical_json
+from domain.reports import DETAIL_FIELDS, EventType, canonical_json
 
 if TYPE_CHECKING:
     from domain.email import Email
@@ -53,15 +53,9 @@ class EmailEvent(AggregateEvent):
     def apply(self, aggregate: Email) -> None:
         aggregate.absorb(self)
 
-    @classmethod
-    def detail_names(cls) -> tuple[str, ...]:
-        """The names of this kind's type-specific fields."""
-        common = {f.name for f in fields(EmailEvent)}
-        return tuple(f.name for f in fields(cls) if f.name not in common)
-
     def detail(self) -> dict[str, Any]:
         """The type-specific fields, by name."""
-        return {name: getattr(self, name) for name in self.detail_names()}
+        return {name: getattr(self, name) for name in DETAIL_FIELDS[self.event_type]}
 
     def carries_origin(self) -> bool:
         """Whether the event says who sent the email (and so can describe it)."""

@@ -6,10 +6,10 @@ database round trip, not the fold, the cost of a rebuild.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, Connection, Table
 from sqlalchemy.dialects import sqlite
 
@@ -22,7 +22,11 @@ def _copy(conn: Connection, table: Table, target: str, rows: Sequence[dict[str, 
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(f'COPY "{target}" ({columns}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row([json.dumps(row[n]) if n in as_text else row[n] for n in names])
+            copy.write_row([_text(row[n]) if n in as_text else row[n] for n in names])
+
+
+def _text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -39,7 +43,7 @@ def upsert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     """Insert rows, replacing any with the same primary key (in the caller's transaction)."""
     if not rows:
         return
-    (key,) = [c.name for c in table.primary_key.columns]
+    (key,) = (c.name for c in table.primary_key.columns)
     others = [c.name for c in table.columns if c.name != key]
     if conn.dialect.name != "postgresql":
         stmt = sqlite.insert(table)

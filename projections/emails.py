@@ -11,10 +11,14 @@ from sqlalchemy import (
     Connection,
     Index,
     Integer,
+    RowMapping,
     String,
     Table,
+    any_,
+    literal,
     select,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from domain.email import EmailView
 from projections.base import Positioned, metadata
@@ -68,6 +72,21 @@ emails = Table(
 )
 
 
+SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
+
+
+def existing(conn: Connection, ids: list[str]) -> list[RowMapping]:
+    """The stored rows of these emails (one array parameter on PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        query = select(emails).where(emails.c.id == any_(literal(ids, ARRAY(String))))
+        return list(conn.execute(query).mappings())
+    rows: list[RowMapping] = []
+    for start in range(0, len(ids), SQLITE_CHUNK):
+        chunk = ids[start : start + SQLITE_CHUNK]
+        rows.extend(conn.execute(select(emails).where(emails.c.id.in_(chunk))).mappings())
+    return rows
+
+
 class EmailsProjection:
     """Keeps `emails` equal to folding each email's events into an `EmailView`."""
 
@@ -78,10 +97,7 @@ class EmailsProjection:
         grouped: dict[str, list[Positioned]] = {}
         for item in batch:
             grouped.setdefault(str(item.event.originator_id), []).append(item)
-        views = {
-            row["id"]: EmailView.from_row(dict(row))
-            for row in conn.execute(select(emails).where(emails.c.id.in_(grouped))).mappings()
-        }
+        views = {row["id"]: EmailView.from_row(row) for row in existing(conn, list(grouped))}
         for email_id, items in grouped.items():
             view = views.get(email_id)
             if view is None:

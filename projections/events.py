@@ -14,8 +14,8 @@ from projections.emails import TIME
 email_events = Table(
     "email_events",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column("position", BigInteger, nullable=False, unique=True),
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(36), nullable=False),
     Column("email_id", String(36), nullable=False),
     Column("workspace_id", String(64), nullable=False),
     Column("version", Integer, nullable=False),
@@ -29,9 +29,9 @@ email_events = Table(
     Column("message_id", String(998), nullable=False),
     Column("to_address", String(320), nullable=False),
     Column("detail", JSON, nullable=False),
-    Index("email_events_by_email", "workspace_id", "email_id", "event_at", "id"),
-    Index("email_events_by_type", "workspace_id", "event_type", "event_at", "id"),
-    Index("email_events_by_time", "workspace_id", "event_at", "id"),
+    Index("email_events_by_email", "workspace_id", "email_id", "event_at"),
+    Index("email_events_by_type", "workspace_id", "event_type", "event_at"),
+    Index("email_events_by_time", "workspace_id", "event_at"),
 )
 
 

@@ -51,13 +51,17 @@ class ProjectionRunner:
         read_after: EventReader,
         head: Callable[[], int],
         projections: Sequence[Projection],
+        *,
         batch_size: int = 1000,
+        rebuild_batch_size: int = 20_000,
     ) -> None:
         self.engine = engine
         self.read_after = read_after
         self.head = head
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
+        # Rebuilds read bigger batches: an email's events then share one row write.
+        self.rebuild_batch_size = rebuild_batch_size
 
     def create_tables(self) -> None:
         """Create the read-model tables and tracking rows that do not exist yet."""
@@ -87,43 +91,71 @@ class ProjectionRunner:
 
     def step(self, name: str) -> int:
         """Apply the next batch of one projection; the number of events applied."""
-        projection = self.get(name)
+        return self.step_together([name])
+
+    def step_together(self, names: Sequence[str], batch_size: int | None = None) -> int:
+        """Read the next batch once and apply it to each of the named projections.
+
+        Each applies only what lies past its own position, in one transaction with
+        the others; the number of events read.
+        """
+        chosen = {name: self.get(name) for name in sorted(set(names))}
         with self.engine.begin() as conn:
-            position = self._lock(conn, name)
-            batch = self.read_after(position, self.batch_size)
+            # Locks in name order, so two runners never wait on each other in a cycle.
+            positions = {name: self._lock(conn, name) for name in chosen}
+            batch = self.read_after(min(positions.values()), batch_size or self.batch_size)
             if not batch:
                 return 0
-            projection.process(conn, batch)
-            conn.execute(
-                update(tracking).where(tracking.c.name == name).values(position=batch[-1].position)
-            )
+            for name, projection in chosen.items():
+                todo = [item for item in batch if item.position > positions[name]]
+                if todo:
+                    projection.process(conn, todo)
+                    conn.execute(
+                        update(tracking)
+                        .where(tracking.c.name == name)
+                        .values(position=todo[-1].position)
+                    )
         return len(batch)
 
     def catch_up(self, name: str, progress: Progress | None = None) -> int:
         """Apply batches until the projection has seen every stored event."""
+        return self.catch_up_together([name], progress)
+
+    def catch_up_together(
+        self,
+        names: Sequence[str],
+        progress: Progress | None = None,
+        batch_size: int | None = None,
+    ) -> int:
+        """Apply batches to the named projections until they have seen every event."""
         total = 0
-        while applied := self.step(name):
+        while applied := self.step_together(names, batch_size):
             total += applied
             if progress is not None:
                 progress(applied)
         return total
 
     def catch_up_all(self) -> int:
-        """Catch every projection up; the number of events applied in all."""
-        return sum(self.catch_up(name) for name in self.projections)
+        """Catch every projection up, reading the log once for all of them."""
+        return self.catch_up_together(list(self.projections))
 
     def rebuild(self, name: str, progress: Progress | None = None) -> int:
         """Empty the projection's tables and apply the whole log from position 0."""
-        projection = self.get(name)
+        return self.rebuild_together([name], progress)
+
+    def rebuild_together(self, names: Sequence[str], progress: Progress | None = None) -> int:
+        """Empty the named projections and rebuild them in one pass over the log."""
+        chosen = {name: self.get(name) for name in sorted(set(names))}
         with self.engine.begin() as conn:
-            self._lock(conn, name)
-            for table in projection.tables:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text(f'TRUNCATE TABLE "{table.name}"'))
-                else:
-                    conn.execute(table.delete())
-            conn.execute(update(tracking).where(tracking.c.name == name).values(position=0))
-        return self.catch_up(name, progress)
+            for name, projection in chosen.items():
+                self._lock(conn, name)
+                for table in projection.tables:
+                    if conn.dialect.name == "postgresql":
+                        conn.execute(text(f'TRUNCATE TABLE "{table.name}"'))
+                    else:
+                        conn.execute(table.delete())
+                conn.execute(update(tracking).where(tracking.c.name == name).values(position=0))
+        return self.catch_up_together(list(chosen), progress, self.rebuild_batch_size)
 
     def status(self) -> list[ProjectionStatus]:
         """Each projection's position and the head of the log."""

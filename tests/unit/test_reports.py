@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
-from domain.reports import InvalidReportError, email_id_for, normalize_time
+from domain.events import EVENT_CLASSES, EmailEvent
+from domain.reports import DETAIL_FIELDS, InvalidReportError, email_id_for, normalize_time
 from tests.factories import report
 
 
@@ -57,3 +60,10 @@ def test_bounce_type_must_be_a_known_one() -> None:
 def test_a_report_needs_a_message_id() -> None:
     with pytest.raises(InvalidReportError):
         report(message_id="")
+
+
+def test_each_event_class_declares_exactly_its_detail_fields() -> None:
+    common = {f.name for f in fields(EmailEvent)}
+    for event_type, cls in EVENT_CLASSES.items():
+        declared = [f.name for f in fields(cls) if f.name not in common]
+        assert declared == list(DETAIL_FIELDS[event_type]), event_type
