@@ -106,7 +106,7 @@ def bench_raw(url: str, rows: int) -> float:
                 conn.execute("LOCK TABLE raw_log IN EXCLUSIVE MODE")
                 conn.execute(
                     "INSERT INTO raw_log (originator_id, originator_version, topic, state) "
-                    "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])",
+                    "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])",
                     (ids, [1] * count, ["domain.events:Delivery"] * count, [state] * count),
                 )
         return rows / (time.perf_counter() - started)
