@@ -59,9 +59,12 @@ class EmailEvent(AggregateEvent):
 
     def carries_origin(self) -> bool:
         """Whether the event says who sent the email (and so can describe it)."""
-        return self.event_type is EventType.SENT or any(
-            value is not None
-            for value in (self.from_address, self.subject, self.sent_at, self.setup_id)
+        return (
+            self.event_type is EventType.SENT
+            or self.from_address is not None
+            or self.subject is not None
+            or self.sent_at is not None
+            or self.setup_id is not None
         )
 
     def chain_content(self) -> dict[str, Any]:

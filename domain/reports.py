@@ -83,9 +83,12 @@ def normalize_time(text: str) -> str:
     return format_time(parse_time(text))
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON: sorted keys, no spaces, UTF-8. Used for keys and hashes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def email_id_for(workspace_id: str, message_id: str, to_address: str) -> uuid.UUID:
