@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import fields
+import uuid
+from dataclasses import fields, replace
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
 from domain.application import EmailNotFoundError
 from domain.events import EmailEvent
-from domain.reports import EventType
-from tests.factories import report
+from domain.reports import EventType, Report
+from tests.factories import report, reports
 
 EVERY_KIND = [
     report(
@@ -215,3 +218,49 @@ def test_eight_threads_recording_overlapping_reports_lose_and_double_nothing(
     finally:
         for store in stores:
             store.close()
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    base=st.lists(reports(emails=3), min_size=1, max_size=8),
+    copies=st.lists(st.integers(min_value=0, max_value=7), max_size=8),
+    order=st.randoms(use_true_random=False),
+    batch=st.integers(min_value=1, max_value=5),
+)
+def test_redelivery_through_the_store_changes_nothing(
+    storage: Storage, base: list[Report], copies: list[int], order: Any, batch: int
+) -> None:
+    # The same facts go to two fresh workspaces: once each, in order, to the first;
+    # shuffled, with copies, in batches, to the second. Logs and views must match.
+    once_ws, noisy_ws = str(uuid.uuid4()), str(uuid.uuid4())
+    once = [replace(r, workspace_id=once_ws) for r in base]
+    noisy = [replace(r, workspace_id=noisy_ws) for r in base]
+    noisy += [noisy[i % len(noisy)] for i in copies]
+    order.shuffle(noisy)
+
+    for item in once:
+        storage.ledger.record([item])
+    for start in range(0, len(noisy), batch):
+        storage.ledger.record(noisy[start : start + batch])
+
+    def facts(items: list[Report]) -> dict[tuple[str, str], Any]:
+        found = {}
+        for email_id in {r.target_email_id for r in items}:
+            try:
+                email = storage.ledger.get_email(email_id)
+            except EmailNotFoundError:
+                continue
+            history = storage.ledger.get_history(email_id)
+            view = email.view.as_row()
+            for name in ("id", "workspace_id", "updated_at"):
+                view.pop(name)
+            key = (email.view.message_id, email.view.to_address)
+            found[key] = (view, sorted((e.semantic_key, str(e.transport_key)) for e in history))
+            assert storage.ledger.find_broken_link(email_id) is None
+        return found
+
+    assert facts(noisy) == facts(once)
