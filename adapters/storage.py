@@ -18,6 +18,7 @@ from psycopg.sql import SQL, Identifier
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import ConnectionPoolEntry
 
+import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
 from adapters.settings import Database
 from adapters.workspaces import admin_metadata
 from domain.application import EmailLedger

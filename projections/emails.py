@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import (
     JSON,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     any_,
     literal,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -67,6 +69,8 @@ emails = Table(
     # The list queries: scoped by use case or setup, newest first, keyset by id.
     Index("emails_by_use_case", "workspace_id", "use_case_id", "sent_at", "id"),
     Index("emails_by_setup", "workspace_id", "setup_id", "sent_at", "id"),
+    # A state filter (the common "show me what bounced") walks only that state's rows.
+    Index("emails_by_use_case_state", "workspace_id", "use_case_id", "state", "sent_at", "id"),
     # Correlation: a provider's message id and recipient find the email.
     Index("emails_by_message", "workspace_id", "message_id", "to_address"),
 )
@@ -107,3 +111,59 @@ class EmailsProjection:
             for item in items:
                 view.apply(item.event)
         upsert_rows(conn, emails, [views[email_id].as_row() for email_id in grouped])
+
+
+STATES = (
+    "queued",
+    "sending",
+    "failed",
+    "canceled",
+    "sent",
+    "delivered",
+    "rejected",
+    "bounced",
+    "complained",
+)
+
+
+@dataclass(frozen=True)
+class EmailFilter:
+    """What the email list is narrowed to (scope by use case or setup, then filters)."""
+
+    workspace_id: str
+    use_case_id: str | None = None
+    setup_id: str | None = None
+    to_addresses: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+    sent_after: str | None = None
+    sent_before: str | None = None
+
+
+def list_emails(
+    conn: Connection, where: EmailFilter, after: tuple[str, str] | None, limit: int
+) -> list[RowMapping]:
+    """Emails newest first (by sent_at, then id), after a keyset position, at most
+    `limit` of them."""
+    query = select(emails).where(emails.c.workspace_id == where.workspace_id)
+    if where.use_case_id is not None:
+        query = query.where(emails.c.use_case_id == where.use_case_id)
+    if where.setup_id is not None:
+        query = query.where(emails.c.setup_id == where.setup_id)
+    if where.to_addresses:
+        query = query.where(emails.c.to_address.in_([a.lower() for a in where.to_addresses]))
+    if where.states:
+        query = query.where(emails.c.state.in_(where.states))
+    if where.sent_after is not None:
+        query = query.where(emails.c.sent_at >= where.sent_after)
+    if where.sent_before is not None:
+        query = query.where(emails.c.sent_at < where.sent_before)
+    if after is not None:
+        query = query.where(tuple_(emails.c.sent_at, emails.c.id) < tuple_(*after))
+    query = query.order_by(emails.c.sent_at.desc(), emails.c.id.desc()).limit(limit)
+    return list(conn.execute(query).mappings())
+
+
+def get_email_row(conn: Connection, workspace_id: str, email_id: str) -> RowMapping | None:
+    """One email of the workspace, or None (also for another workspace's email)."""
+    query = select(emails).where(emails.c.id == email_id, emails.c.workspace_id == workspace_id)
+    return conn.execute(query).mappings().first()

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import JSON, BigInteger, Column, Connection, Index, Integer, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    RowMapping,
+    String,
+    Table,
+    select,
+    tuple_,
+)
 
 from projections.base import Positioned, metadata
 from projections.bulk import insert_rows
-from projections.emails import TIME
+from projections.emails import TIME, emails
 
 email_events = Table(
     "email_events",
@@ -68,3 +81,47 @@ class EventsProjection:
             for item in batch
         ]
         insert_rows(conn, email_events, rows)
+
+
+LISTED_TYPES = ("Reject", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Open", "Click")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What the event list is narrowed to (scope by its emails' use case or setup)."""
+
+    workspace_id: str
+    use_case_id: str | None = None
+    setup_id: str | None = None
+    email_ids: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    event_at_after: str | None = None
+    event_at_before: str | None = None
+
+
+def list_events(
+    conn: Connection, where: EventFilter, after: tuple[str, int] | None, limit: int
+) -> list[RowMapping]:
+    """Provider events newest first (by event_at, then log position), after a keyset
+    position, at most `limit` of them."""
+    scope = select(emails.c.id).where(emails.c.workspace_id == where.workspace_id)
+    if where.use_case_id is not None:
+        scope = scope.where(emails.c.use_case_id == where.use_case_id)
+    if where.setup_id is not None:
+        scope = scope.where(emails.c.setup_id == where.setup_id)
+    ev = email_events.c
+    query = select(email_events).where(
+        ev.workspace_id == where.workspace_id,
+        ev.email_id.in_(scope),
+        ev.event_type.in_(where.event_types or LISTED_TYPES),
+    )
+    if where.email_ids:
+        query = query.where(ev.email_id.in_(where.email_ids))
+    if where.event_at_after is not None:
+        query = query.where(ev.event_at >= where.event_at_after)
+    if where.event_at_before is not None:
+        query = query.where(ev.event_at < where.event_at_before)
+    if after is not None:
+        query = query.where(tuple_(ev.event_at, ev.position) < tuple_(*after))
+    query = query.order_by(ev.event_at.desc(), ev.position.desc()).limit(limit)
+    return list(conn.execute(query).mappings())

@@ -6,11 +6,14 @@ import logging
 from http import HTTPStatus
 
 import orjson
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
+
+from adapters.http.api import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ CODES = {
     409: "conflict",
     413: "payload_too_large",
     422: "unprocessable_entity",
+    500: "internal_error",
     503: "unavailable",
 }
 
@@ -30,7 +34,15 @@ CODES = {
 def error_response(status: int, message: str, code: str | None = None) -> Response:
     """`{"error": {"code", "message"}}` with the given status."""
     body = {"error": {"code": code or CODES.get(status, "error"), "message": message}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.code)
 
 
 async def http_error(_request: Request, exc: Exception) -> Response:
@@ -46,13 +58,15 @@ async def database_error(_request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(_request: Request, exc: Exception) -> Response:
     log.exception("unexpected error", exc_info=exc)
-    return error_response(500, "internal error", code="internal_error")
+    return error_response(500, "internal error")
 
 
 def exception_handlers() -> dict[int | type[Exception], ExceptionHandler]:
     """The handlers `create_app` installs."""
     return {
+        ApiError: api_error,
         HTTPException: http_error,
         DBAPIError: database_error,
+        StoreOperationalError: database_error,
         Exception: unexpected_error,
     }
