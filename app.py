@@ -10,11 +10,17 @@ from contextlib import asynccontextmanager
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from adapters import cli
+from adapters.http.admin import admin_operations
+from adapters.http.api import Operation
+from adapters.http.emails import email_operations
 from adapters.http.errors import exception_handlers
 from adapters.http.health import healthz
+from adapters.http.openapi import docs_init, docs_page, openapi_document, openapi_endpoint
 from adapters.settings import Settings
 from adapters.storage import Storage, open_storage
 
@@ -50,11 +56,27 @@ def create_app(
             if storage is None:
                 store.close()
 
-    return Starlette(
-        routes=[Route("/healthz", healthz)],
-        exception_handlers=exception_handlers(),
-        lifespan=lifespan,
-    )
+    return Starlette(routes=routes(), exception_handlers=exception_handlers(), lifespan=lifespan)
+
+
+def operations() -> list[Operation]:
+    """Every /v1 operation, static paths before parameterized ones that could match
+    them (`/email/event` before `/email/{email_id}`)."""
+    found = [*admin_operations(), *email_operations()]
+    return sorted(found, key=lambda op: [part.startswith("{") for part in op.path.split("/")])
+
+
+def routes() -> list[BaseRoute]:
+    """The service's routes, the API's documentation included."""
+    ops = operations()
+    return [
+        Route("/healthz", healthz),
+        Route("/openapi.json", openapi_endpoint(openapi_document(ops))),
+        Route("/docs", docs_page),
+        Route("/docs/init.js", docs_init),
+        Mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path))),
+        *(op.route() for op in ops),
+    ]
 
 
 def _serve(settings: Settings, storage: Storage, host: str, port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Transcod
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg.sql import SQL, Identifier
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Column, Engine, String, Table, create_engine, event, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
@@ -50,6 +52,32 @@ class OrjsonTranscoder(Transcoder):
         return state
 
 
+# Service-wide secrets (e.g. the key that signs continuation tokens), made once and
+# shared by every worker and restart through the database.
+service_secrets = Table(
+    "service_secrets",
+    admin_metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(128), nullable=False),
+)
+
+
+def service_secret(engine: Engine, name: str) -> bytes:
+    """The named secret, made on first use."""
+    with engine.begin() as conn:
+        value = conn.execute(
+            select(service_secrets.c.value).where(service_secrets.c.name == name)
+        ).scalar()
+        if value is None:
+            value = secrets.token_hex(32)
+            try:
+                conn.execute(service_secrets.insert().values(name=name, value=value))
+            except IntegrityError:  # another worker made it first
+                conn.rollback()
+                return service_secret(engine, name)
+    return bytes.fromhex(value)
+
+
 @dataclass
 class Storage:
     """The opened database: the ledger, the SQL engine, the projection runner."""
@@ -58,6 +86,7 @@ class Storage:
     ledger: EmailLedger
     engine: Engine
     runner: ProjectionRunner
+    token_secret: bytes = b""
 
     def close(self) -> None:
         """Release every connection."""
@@ -216,4 +245,4 @@ def open_storage(
     )
     runner.create_tables()
     admin_metadata.create_all(engine)
-    return Storage(database, ledger, engine, runner)
+    return Storage(database, ledger, engine, runner, service_secret(engine, "continuation"))

@@ -54,7 +54,8 @@ def dump(model: BaseModel) -> Any:
 def _validation_message(error: ValidationError, where: str) -> str:
     first = error.errors()[0]
     name = ".".join(str(part) for part in first["loc"]) or where
-    return f"{name}: {first['msg']}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{name}: {message}"
 
 
 @dataclass
@@ -97,7 +98,8 @@ class Operation:
     errors: Sequence[int] = field(default_factory=tuple)
     description: str = ""
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
+        """Authenticate, validate, then run the handler."""
         storage: Storage = request.app.state.storage
         key = await authenticate(request, storage, self.permission)
         call = Call(request, storage, str(request.path_params["workspace_id"]), key)
@@ -109,7 +111,12 @@ class Operation:
 
     def route(self) -> Route:
         """The starlette route of this operation."""
-        return Route(self.path, self, methods=[self.method])
+
+        async def endpoint(request: Request) -> Response:
+            return await self.handle(request)
+
+        endpoint.__name__ = self.handler.__name__
+        return Route(self.path, endpoint, methods=[self.method])
 
 
 async def authenticate(request: Request, storage: Storage, permission: str) -> ApiKey:

@@ -1,0 +1,296 @@
+"""The email and event queries: lists with filters and keyset pages, and detail."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import Engine, RowMapping
+
+from adapters.http import tokens
+from adapters.http.api import Call, Operation, json_response, not_found
+from adapters.storage import Storage
+from domain.reports import InvalidReportError, normalize_time
+from projections.emails import EmailFilter, get_email_row, list_emails
+from projections.events import EventFilter, event_id, list_events
+
+State = Literal[
+    "queued", "sending", "failed", "canceled", "sent", "delivered", "rejected", "bounced",
+    "complained",
+]  # fmt: skip
+ListedEventType = Literal[
+    "Reject", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Open", "Click"
+]
+
+SCOPE = "use_case_id or setup_id is required"
+
+
+def _time(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalize_time(value)
+    except InvalidReportError as error:
+        raise ValueError(str(error)) from None
+
+
+class _Listing(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    use_case_id: str | None = Field(None, description="Only emails of this use case.")
+    setup_id: str | None = Field(None, description="Only emails of this email setup.")
+    limit: int = Field(50, ge=1, le=200, description="Page size, 1 to 200.")
+    continuation_token: str | None = Field(
+        None, description="From the previous page, to get the next one."
+    )
+
+    @model_validator(mode="after")
+    def _scoped(self) -> _Listing:
+        if self.use_case_id is None and self.setup_id is None:
+            raise ValueError(SCOPE)
+        return self
+
+
+class EmailListQuery(_Listing):
+    """Filters of the email list."""
+
+    to_address: list[str] = Field(default_factory=list, description="Recipient (repeatable).")
+    state: list[State] = Field(default_factory=list, description="Derived state (repeatable).")
+    sent_after: str | None = Field(None, description="RFC 3339; sent at or after.")
+    sent_before: str | None = Field(None, description="RFC 3339; sent strictly before.")
+
+    _times = field_validator("sent_after", "sent_before")(_time)
+
+
+class EventListQuery(_Listing):
+    """Filters of the event list."""
+
+    email_id: list[str] = Field(default_factory=list, description="Email id (repeatable).")
+    event_type: list[ListedEventType] = Field(
+        default_factory=list, description="Event type (repeatable)."
+    )
+    event_at_after: str | None = Field(None, description="RFC 3339; happened at or after.")
+    event_at_before: str | None = Field(None, description="RFC 3339; happened strictly before.")
+
+    _times = field_validator("event_at_after", "event_at_before")(_time)
+
+
+class EmailSummary(BaseModel):
+    """An email as the list shows it."""
+
+    id: str = Field(description="The email's id (one per recipient).")
+    ses_use_case_id: str | None = Field(description="The email's use case id.")
+    setup_id: str | None
+    from_address: str | None
+    to_address: str
+    subject: str | None
+    state: State
+    sent_at: str | None = Field(description="RFC 3339 UTC.")
+    has_attachment: bool
+    open_count: int
+    click_count: int
+
+
+class EmailDetail(EmailSummary):
+    """An email with every derived field."""
+
+    message_id: str
+    email_type: str | None
+    tier: str | None
+    attachment_filenames: list[str]
+    delivered_at: str | None
+    bounced_at: str | None
+    bounce_type: str | None
+    bounce_subtype: str | None
+    complained_at: str | None
+    rejected_at: str | None
+    delivery_delay_at: str | None
+    first_open_at: str | None
+    last_open_at: str | None
+    first_click_at: str | None
+    last_click_at: str | None
+    updated_at: str | None
+
+
+class EmailList(BaseModel):
+    """One page of emails, newest first."""
+
+    emails: list[EmailSummary]
+    has_more: bool
+    continuation_token: str | None
+
+
+class EventOut(BaseModel):
+    """One provider event of an email."""
+
+    id: str
+    email_id: str
+    event_type: ListedEventType
+    event_at: str
+    received_at: str
+    detail: dict[str, Any] = Field(description="The event's type-specific fields.")
+
+
+class EventList(BaseModel):
+    """One page of events, newest first."""
+
+    events: list[EventOut]
+    has_more: bool
+    continuation_token: str | None
+
+
+SUMMARY_FIELDS = tuple(name for name in EmailSummary.model_fields if name != "ses_use_case_id")
+DETAIL_FIELDS = tuple(name for name in EmailDetail.model_fields if name != "ses_use_case_id")
+
+
+def _shape(row: RowMapping, names: Sequence[str]) -> dict[str, Any]:
+    shaped = {name: row[name] for name in names}
+    shaped["ses_use_case_id"] = row["use_case_id"]
+    return shaped
+
+
+def _page(
+    rows: list[RowMapping], limit: int, secret: bytes, query: str, key: tuple[str, str]
+) -> tuple[list[RowMapping], bool, str | None]:
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    token = None
+    if has_more:
+        token = tokens.issue(secret, query, [rows[-1][key[0]], rows[-1][key[1]]])
+    return rows, has_more, token
+
+
+def _emails_page(storage: Storage, workspace_id: str, q: EmailListQuery) -> dict[str, Any]:
+    where = EmailFilter(
+        workspace_id,
+        q.use_case_id,
+        q.setup_id,
+        tuple(q.to_address),
+        tuple(q.state),
+        q.sent_after,
+        q.sent_before,
+    )
+    query = tokens.fingerprint(
+        "emails", {"w": workspace_id, **q.model_dump(exclude={"limit", "continuation_token"})}
+    )
+    after = None
+    if q.continuation_token is not None:
+        sent_at, email_id = tokens.read(storage.token_secret, q.continuation_token, query)
+        after = (str(sent_at), str(email_id))
+    with storage.engine.connect() as conn:
+        rows = list_emails(conn, where, after, q.limit + 1)
+    page, has_more, token = _page(rows, q.limit, storage.token_secret, query, ("sent_at", "id"))
+    return {
+        "emails": [_shape(row, SUMMARY_FIELDS) for row in page],
+        "has_more": has_more,
+        "continuation_token": token,
+    }
+
+
+def _events_page(storage: Storage, workspace_id: str, q: EventListQuery) -> dict[str, Any]:
+    where = EventFilter(
+        workspace_id,
+        q.use_case_id,
+        q.setup_id,
+        tuple(q.email_id),
+        tuple(q.event_type),
+        q.event_at_after,
+        q.event_at_before,
+    )
+    query = tokens.fingerprint(
+        "events", {"w": workspace_id, **q.model_dump(exclude={"limit", "continuation_token"})}
+    )
+    after = None
+    if q.continuation_token is not None:
+        event_at, position = tokens.read(storage.token_secret, q.continuation_token, query)
+        after = (str(event_at), int(position))
+    with storage.engine.connect() as conn:
+        rows = list_events(conn, where, after, q.limit + 1)
+    page, has_more, token = _page(
+        rows, q.limit, storage.token_secret, query, ("event_at", "position")
+    )
+    return {
+        "events": [
+            {
+                "id": event_id(uuid.UUID(row["email_id"]), row["version"]),
+                "email_id": row["email_id"],
+                "event_type": row["event_type"],
+                "event_at": row["event_at"],
+                "received_at": row["received_at"],
+                "detail": row["detail"],
+            }
+            for row in page
+        ],
+        "has_more": has_more,
+        "continuation_token": token,
+    }
+
+
+def _detail(engine: Engine, workspace_id: str, email_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = get_email_row(conn, workspace_id, email_id)
+    return None if row is None else _shape(row, DETAIL_FIELDS)
+
+
+def email_key(text: str) -> str:
+    """The canonical form of an email id from a path; 404 when it is not a UUID."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise not_found("email") from None
+
+
+async def list_emails_endpoint(call: Call) -> Any:
+    return json_response(await call.run(_emails_page, call.storage, call.workspace_id, call.query))
+
+
+async def list_events_endpoint(call: Call) -> Any:
+    return json_response(await call.run(_events_page, call.storage, call.workspace_id, call.query))
+
+
+async def get_email_endpoint(call: Call) -> Any:
+    email_id = email_key(call.path("email_id"))
+    found = await call.run(_detail, call.storage.engine, call.workspace_id, email_id)
+    if found is None:
+        raise not_found("email")
+    return json_response(found)
+
+
+def email_operations() -> list[Operation]:
+    """The email and event queries."""
+    return [
+        Operation(
+            "GET",
+            "/v1/{workspace_id}/email",
+            list_emails_endpoint,
+            "List emails, newest first",
+            "Channel.view",
+            "emails",
+            query=EmailListQuery,
+            response=EmailList,
+            errors=(400, 422),
+        ),
+        Operation(
+            "GET",
+            "/v1/{workspace_id}/email/event",
+            list_events_endpoint,
+            "List provider events, newest first",
+            "Channel.view",
+            "emails",
+            query=EventListQuery,
+            response=EventList,
+            errors=(400, 422),
+        ),
+        Operation(
+            "GET",
+            "/v1/{workspace_id}/email/{email_id}",
+            get_email_endpoint,
+            "Get one email with every derived field",
+            "Channel.view",
+            "emails",
+            response=EmailDetail,
+            errors=(404,),
+        ),
+    ]
