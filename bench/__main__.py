@@ -29,14 +29,15 @@ from psycopg import sql
 
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
+from bench import queries
 from domain.reports import EventType, Report
 
 SERVER = os.environ.get("MAILLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 WORKSPACE = "bench-workspace"
 BATCH = 1000
 SIZES = {
-    "quick": {"raw": 100_000, "ingest": 40_000},
-    "full": {"raw": 1_000_000, "ingest": 1_000_000},
+    "quick": {"raw": 100_000, "ingest": 40_000, "emails": 50_000, "requests": 500},
+    "full": {"raw": 1_000_000, "ingest": 1_000_000, "emails": 1_000_000, "requests": 2000},
 }
 
 
@@ -45,9 +46,9 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def fresh_database() -> Iterator[str]:
+def fresh_database(purpose: str = "log") -> Iterator[str]:
     """A new database for this run, dropped afterwards."""
-    name = f"mailledger_bench_{os.getpid()}"
+    name = f"mailledger_bench_{purpose}_{os.getpid()}"
     with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -207,6 +208,11 @@ def main() -> None:
         rebuild = bench_rebuild(store, head)
         store.close()
 
+    with fresh_database("queries") as url:
+        log(f"queries: {sizes['emails']} emails, {5 * sizes['emails']} events")
+        workspace_id, key, ids = queries.fill(url, sizes["emails"], 5)
+        latency = queries.measure(url, workspace_id, key, ids, sizes["requests"])
+
     figures = {
         "raw_insert_rows_per_s": round(raw),
         "raw_insert_text_params_rows_per_s": round(raw_text),
@@ -215,7 +221,9 @@ def main() -> None:
         "rebuild_events_per_s": round(rebuild),
         "ingest_vs_raw": round(ingest / raw, 3),
         "rebuild_vs_raw": round(rebuild / raw, 3),
+        **latency,
         "events": head,
+        "query_emails": sizes["emails"],
         "mode": "quick" if args.quick else "full",
     }
     if args.json:

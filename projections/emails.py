@@ -139,12 +139,19 @@ class EmailFilter:
     sent_before: str | None = None
 
 
+SUMMARY_COLUMNS = (
+    "id", "use_case_id", "setup_id", "from_address", "to_address", "subject", "state",
+    "sent_at", "has_attachment", "open_count", "click_count",
+)  # fmt: skip
+
+
 def list_emails(
     conn: Connection, where: EmailFilter, after: tuple[str, str] | None, limit: int
 ) -> list[RowMapping]:
     """Emails newest first (by sent_at, then id), after a keyset position, at most
-    `limit` of them."""
-    query = select(emails).where(emails.c.workspace_id == where.workspace_id)
+    `limit` of them (their summary columns)."""
+    columns = [emails.c[name] for name in SUMMARY_COLUMNS]
+    query = select(*columns).where(emails.c.workspace_id == where.workspace_id)
     if where.use_case_id is not None:
         query = query.where(emails.c.use_case_id == where.use_case_id)
     if where.setup_id is not None:

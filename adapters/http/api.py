@@ -126,7 +126,7 @@ async def authenticate(request: Request, storage: Storage, permission: str) -> A
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "send an API key as 'Authorization: Bearer <key>'")
-    key = await run_in_threadpool(find_key, storage.engine, token.strip())
+    key = await run_in_threadpool(find_key, storage.reader, token.strip())
     if key is None:
         raise ApiError(401, "the API key is not valid")
     if key.workspace_id != request.path_params.get("workspace_id"):

@@ -179,7 +179,7 @@ def _emails_page(storage: Storage, workspace_id: str, q: EmailListQuery) -> dict
     if q.continuation_token is not None:
         sent_at, email_id = tokens.read(storage.token_secret, q.continuation_token, query)
         after = (str(sent_at), str(email_id))
-    with storage.engine.connect() as conn:
+    with storage.reader.connect() as conn:
         rows = list_emails(conn, where, after, q.limit + 1)
     page, has_more, token = _page(rows, q.limit, storage.token_secret, query, ("sent_at", "id"))
     return {
@@ -206,7 +206,7 @@ def _events_page(storage: Storage, workspace_id: str, q: EventListQuery) -> dict
     if q.continuation_token is not None:
         event_at, position = tokens.read(storage.token_secret, q.continuation_token, query)
         after = (str(event_at), int(position))
-    with storage.engine.connect() as conn:
+    with storage.reader.connect() as conn:
         rows = list_events(conn, where, after, q.limit + 1)
     page, has_more, token = _page(
         rows, q.limit, storage.token_secret, query, ("event_at", "position")
@@ -252,7 +252,7 @@ async def list_events_endpoint(call: Call) -> Any:
 
 async def get_email_endpoint(call: Call) -> Any:
     email_id = email_key(call.path("email_id"))
-    found = await call.run(_detail, call.storage.engine, call.workspace_id, email_id)
+    found = await call.run(_detail, call.storage.reader, call.workspace_id, email_id)
     if found is None:
         raise not_found("email")
     return json_response(found)

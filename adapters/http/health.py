@@ -17,7 +17,7 @@ def _ping(engine: Engine) -> None:
 
 
 async def healthz(request: Request) -> Response:
-    engine: Engine = request.app.state.storage.engine
+    engine: Engine = request.app.state.storage.reader
     try:
         await run_in_threadpool(_ping, engine)
     except Exception:

@@ -48,15 +48,16 @@ def test_wrong_method_is_a_json_405(client: TestClient) -> None:
 def test_healthz_is_503_while_the_database_is_down_and_recovers(
     storage: Storage, client: TestClient
 ) -> None:
-    working = storage.engine
-    storage.engine = make_engine(parse_database_url("postgresql://postgres@127.0.0.1:9/gone"))
+    working = storage.reader
+    gone = parse_database_url("postgresql://postgres@127.0.0.1:9/gone")
+    storage.reader = make_engine(gone, reads_only=True)
     try:
         response = client.get("/healthz")
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "unavailable"
     finally:
-        storage.engine.dispose()
-        storage.engine = working
+        storage.reader.dispose()
+        storage.reader = working
     assert client.get("/healthz").status_code == 200
 
 
