@@ -20,7 +20,9 @@ from adapters.http.api import Operation
 from adapters.http.emails import email_operations
 from adapters.http.errors import exception_handlers
 from adapters.http.health import healthz
+from adapters.http.history import history_operations
 from adapters.http.openapi import docs_init, docs_page, openapi_document, openapi_endpoint
+from adapters.http.stats import stats_operations
 from adapters.settings import Settings
 from adapters.storage import Storage, open_storage
 
@@ -62,7 +64,12 @@ def create_app(
 def operations() -> list[Operation]:
     """Every /v1 operation, static paths before parameterized ones that could match
     them (`/email/event` before `/email/{email_id}`)."""
-    found = [*admin_operations(), *email_operations()]
+    found = [
+        *admin_operations(),
+        *email_operations(),
+        *history_operations(),
+        *stats_operations(),
+    ]
     return sorted(found, key=lambda op: [part.startswith("{") for part in op.path.split("/")])
 
 
