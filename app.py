@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -21,14 +21,23 @@ from adapters.http.emails import email_operations
 from adapters.http.errors import exception_handlers
 from adapters.http.health import healthz
 from adapters.http.history import history_operations
+from adapters.http.hooks import Hooks, confirm_over_https, receive_hook
 from adapters.http.openapi import docs_init, docs_page, openapi_document, openapi_endpoint
 from adapters.http.stats import stats_operations
+from adapters.ingest import GroupCommitter
+from adapters.providers.base import CertificateSource
+from adapters.providers.sns_certs import SnsCertificates
 from adapters.settings import Settings
 from adapters.storage import Storage, open_storage
 
 
 def create_app(
-    settings: Settings, storage: Storage | None = None, *, run_projections: bool = True
+    settings: Settings,
+    storage: Storage | None = None,
+    *,
+    run_projections: bool = True,
+    certificates: CertificateSource | None = None,
+    confirm_subscription: Callable[[str], None] = confirm_over_https,
 ) -> Starlette:
     """The HTTP service. Opens `storage` at start-up unless one is given."""
 
@@ -40,6 +49,13 @@ def create_app(
                 open_storage, settings.database, batch_size=settings.projection_batch_size
             )
         app.state.storage = store
+        committer = GroupCommitter(store)
+        committer.start()
+        app.state.hooks = Hooks(
+            committer,
+            certificates or SnsCertificates(settings.sns_cert_dir),
+            confirm_subscription,
+        )
         stop = threading.Event()
         follower = threading.Thread(
             target=store.runner.run,
@@ -52,6 +68,7 @@ def create_app(
         try:
             yield
         finally:
+            committer.stop()
             stop.set()
             if follower.is_alive():
                 follower.join(timeout=30)
@@ -78,6 +95,7 @@ def routes() -> list[BaseRoute]:
     ops = operations()
     return [
         Route("/healthz", healthz),
+        Route("/hooks/{provider}/{endpoint_id}", receive_hook, methods=["POST"]),
         Route("/openapi.json", openapi_endpoint(openapi_document(ops))),
         Route("/docs", docs_page),
         Route("/docs/init.js", docs_init),

@@ -105,6 +105,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     projection_interval: float = 0.2
     projection_batch_size: int = 1000
+    sns_cert_dir: Path | None = None
     database: Database = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +119,9 @@ class Settings:
             database_url=env.get("MAILLEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL,
             projection_interval=_number(env, "MAILLEDGER_PROJECTION_INTERVAL", 0.2),
             projection_batch_size=int(_number(env, "MAILLEDGER_PROJECTION_BATCH_SIZE", 1000)),
+            sns_cert_dir=Path(env["MAILLEDGER_SNS_CERT_DIR"])
+            if env.get("MAILLEDGER_SNS_CERT_DIR")
+            else None,
         )
 
 

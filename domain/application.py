@@ -6,7 +6,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
@@ -124,13 +124,23 @@ class EmailLedger(Application[UUID]):
         emails.update(self._preload({r.target_email_id for r in reports}, received_at))
         outcomes = []
         for report in reports:
-            email_id = report.target_email_id
-            email = emails.get(email_id)
-            if email is None:
-                email = emails[email_id] = self._load(email_id, received_at)
+            email = self._email_for(report, emails, received_at)
+            if email.version and email.view.workspace_id != report.workspace_id:
+                # An echoed email id of another workspace's email: never write there;
+                # the report names its email by message id and recipient instead.
+                report = replace(report, email_id=None)  # noqa: PLW2901
+                email = self._email_for(report, emails, received_at)
+            email_id = email.id
             recorded = email.record(report, received_at)
             outcomes.append(Outcome(email_id, email.version if recorded else None))
         return outcomes
+
+    def _email_for(self, report: Report, emails: dict[UUID, Email], now: datetime) -> Email:
+        email_id = report.target_email_id
+        email = emails.get(email_id)
+        if email is None:
+            email = emails[email_id] = self._load(email_id, now)
+        return email
 
     def _preload(self, email_ids: set[UUID], now: datetime) -> dict[UUID, Email]:
         # One query for every email of the batch that is not cached, instead of one each;

@@ -6,7 +6,7 @@ import logging
 from http import HTTPStatus
 
 import orjson
-from eventsourcing.persistence import OperationalError as StoreOperationalError
+from eventsourcing.persistence import PersistenceError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -67,6 +67,6 @@ def exception_handlers() -> dict[int | type[Exception], ExceptionHandler]:
         ApiError: api_error,
         HTTPException: http_error,
         DBAPIError: database_error,
-        StoreOperationalError: database_error,
+        PersistenceError: database_error,
         Exception: unexpected_error,
     }

@@ -264,3 +264,15 @@ def test_redelivery_through_the_store_changes_nothing(
         return found
 
     assert facts(noisy) == facts(once)
+
+
+def test_an_echoed_email_id_of_another_workspace_never_writes_there(storage: Storage) -> None:
+    (theirs,) = storage.ledger.record([report("Sent", workspace_id=str(uuid.uuid4()))])
+    intruder = replace(
+        report("Bounce", workspace_id=str(uuid.uuid4()), bounce_type="Permanent"),
+        email_id=theirs.email_id,
+    )
+    (outcome,) = storage.ledger.record([intruder])
+    assert outcome.email_id != theirs.email_id
+    assert [e.event_type for e in storage.ledger.get_history(theirs.email_id)] == ["Sent"]
+    assert storage.ledger.get_email(outcome.email_id).view.workspace_id == intruder.workspace_id

@@ -1,0 +1,227 @@
+"""From verified webhook bodies to committed events: adoption, group commit, replay.
+
+Concurrent requests hand their receipts and reports to one `GroupCommitter` thread,
+which stores the receipts, records every report of the group in one ledger
+transaction, then stores each request's outcome; each request hears back only after
+that. So a provider that posts one event per request (SNS) costs a transaction per
+group, not per request, and nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import Engine
+
+from adapters import admin_store, receipts
+from adapters.providers import PROVIDERS
+from adapters.providers.base import Endpoint, PayloadError
+from adapters.receipts import Outcome, Receipt
+from adapters.storage import Storage
+from domain.reports import Report, format_time, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def as_endpoint(stored: admin_store.InboundEndpoint) -> Endpoint:
+    """The provider layer's view of a stored inbound endpoint."""
+    return Endpoint(stored.id, stored.workspace_id, stored.provider, stored.setup_id, stored.config)
+
+
+def adopt(engine: Engine, endpoint: Endpoint, reports: Sequence[Report]) -> list[Report]:
+    """File reports under a setup (SPEC 4.3): the endpoint's, else the workspace's setup
+    for the sender's domain, else none."""
+    if endpoint.setup_id is not None:
+        return [r if r.setup_id else replace(r, setup_id=endpoint.setup_id) for r in reports]
+    by_domain: dict[str, str | None] = {}
+
+    def setup_for(report: Report) -> str | None:
+        domain = (report.from_address or "").rpartition("@")[2].lower()
+        if report.setup_id is not None or not domain:
+            return report.setup_id
+        if domain not in by_domain:
+            setup = admin_store.find_setup_by_domain(engine, endpoint.workspace_id, domain)
+            by_domain[domain] = None if setup is None else setup.id
+        return by_domain[domain]
+
+    return [
+        r if (setup := setup_for(r)) == r.setup_id else replace(r, setup_id=setup) for r in reports
+    ]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What became of one request's reports."""
+
+    recorded: int
+    duplicates: int
+    ignored: int
+
+
+@dataclass
+class Job:
+    """One request waiting for the group commit."""
+
+    receipt: Receipt
+    reports: list[Report]
+    ignored: int = 0
+    outcome: Outcome | None = None  # set when the request records nothing (401, 400)
+    used_keys: list[str] = field(default_factory=list)
+    future: concurrent.futures.Future[Tally] = field(default_factory=concurrent.futures.Future)
+
+
+def _outcome_of(job: Job, recorded: int, duplicates: int, now: str, replay: bool) -> Outcome:
+    if recorded:
+        name = "recorded"
+    elif duplicates:
+        name = "duplicate"
+    else:
+        name = "ignored"
+    return Outcome(job.receipt.id, now, name, 200, recorded, duplicates, job.ignored, None, replay)
+
+
+def commit(storage: Storage, jobs: Sequence[Job], *, replay: bool = False) -> list[Tally]:
+    """Store the jobs' receipts, record all their reports in one transaction, store
+    their outcomes. Raises (and stores no outcome) when the database fails."""
+    new = [] if replay else [job.receipt for job in jobs]
+    if new:
+        receipts.save(storage.engine, new, [])
+    everything = [report for job in jobs for report in job.reports]
+    results = storage.ledger.record(everything) if everything else []
+    now = format_time(utc_now())
+    tallies, outcomes, start = [], [], 0
+    for job in jobs:
+        mine = results[start : start + len(job.reports)]
+        start += len(job.reports)
+        recorded = sum(1 for r in mine if r.recorded)
+        tallies.append(Tally(recorded, len(mine) - recorded, job.ignored))
+        outcomes.append(
+            job.outcome or _outcome_of(job, recorded, len(mine) - recorded, now, replay)
+        )
+    receipts.save(storage.engine, [], outcomes)
+    receipts.mark_used(storage.engine, [k for job in jobs for k in job.used_keys], now)
+    return tallies
+
+
+class GroupCommitter:
+    """One thread that commits the jobs of concurrent requests together."""
+
+    def __init__(self, storage: Storage, max_reports: int = 5000) -> None:
+        self._storage = storage
+        self._max_reports = max_reports
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+
+    def start(self) -> None:
+        """Start taking jobs."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the jobs already handed in, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> concurrent.futures.Future[Tally]:
+        """Hand a job in; its future resolves once the job is committed."""
+        self._queue.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group, size, stopping = [first], len(first.reports), False
+            while size < self._max_reports:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                group.append(more)
+                size += len(more.reports)
+            self._commit(group)
+            if stopping:
+                return
+
+    def _commit(self, group: list[Job]) -> None:
+        try:
+            tallies = commit(self._storage, group)
+        except Exception as error:  # every request of the group answers 5xx and is retried
+            log.warning("group commit of %d requests failed: %s", len(group), error)
+            for job in group:
+                job.future.set_exception(error)
+            return
+        for job, tally in zip(group, tallies, strict=True):
+            job.future.set_result(tally)
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did."""
+
+    receipts: int = 0
+    recorded: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+def replay(
+    storage: Storage,
+    stored: Iterable[Receipt],
+    progress: Callable[[int], object] | None = None,
+    batch: int = 200,
+) -> ReplaySummary:
+    """Re-parse stored receipts with today's parsers and record them through the same
+    idempotent path; verified receipts only (their signatures were checked on arrival)."""
+    summary = ReplaySummary()
+    endpoints: dict[str, Endpoint | None] = {}
+    jobs: list[Job] = []
+    for receipt in stored:
+        if receipt.endpoint_id not in endpoints:
+            found = admin_store.get_endpoint(storage.engine, receipt.endpoint_id)
+            endpoints[receipt.endpoint_id] = None if found is None else as_endpoint(found)
+        endpoint = endpoints[receipt.endpoint_id]
+        if endpoint is None:
+            continue
+        jobs.append(_replay_job(storage.engine, endpoint, receipt, summary))
+        if len(jobs) >= batch:
+            _replay_batch(storage, jobs, summary, progress)
+            jobs = []
+    if jobs:
+        _replay_batch(storage, jobs, summary, progress)
+    return summary
+
+
+def _replay_job(
+    engine: Engine, endpoint: Endpoint, receipt: Receipt, summary: ReplaySummary
+) -> Job:
+    now = format_time(utc_now())
+    try:
+        parsed = PROVIDERS[endpoint.provider].parse(receipt.body, endpoint, receipt.id)
+    except PayloadError as error:
+        summary.dead_letters += 1
+        outcome = Outcome(receipt.id, now, "dead_letter", 400, message=str(error), replay=True)
+        return Job(receipt, [], outcome=outcome)
+    return Job(receipt, adopt(engine, endpoint, parsed.reports), ignored=len(parsed.ignored))
+
+
+def _replay_batch(
+    storage: Storage,
+    jobs: list[Job],
+    summary: ReplaySummary,
+    progress: Callable[[int], object] | None,
+) -> None:
+    for tally in commit(storage, jobs, replay=True):
+        summary.recorded += tally.recorded
+        summary.duplicates += tally.duplicates
+    summary.receipts += len(jobs)
+    if progress is not None:
+        progress(len(jobs))
