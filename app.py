@@ -23,6 +23,7 @@ from adapters.http.health import healthz
 from adapters.http.history import history_operations
 from adapters.http.hooks import Hooks, confirm_over_https, receive_hook
 from adapters.http.openapi import docs_init, docs_page, openapi_document, openapi_endpoint
+from adapters.http.sending import sending_operations
 from adapters.http.stats import stats_operations
 from adapters.ingest import GroupCommitter
 from adapters.providers.base import CertificateSource
@@ -86,6 +87,7 @@ def operations() -> list[Operation]:
         *email_operations(),
         *history_operations(),
         *stats_operations(),
+        *sending_operations(),
     ]
     return sorted(found, key=lambda op: [part.startswith("{") for part in op.path.split("/")])
 
