@@ -29,15 +29,29 @@ from psycopg import sql
 
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
-from bench import queries
+from bench import hooks, queries
 from domain.reports import EventType, Report
 
 SERVER = os.environ.get("MAILLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 WORKSPACE = "bench-workspace"
 BATCH = 1000
 SIZES = {
-    "quick": {"raw": 100_000, "ingest": 40_000, "emails": 50_000, "requests": 500},
-    "full": {"raw": 1_000_000, "ingest": 1_000_000, "emails": 1_000_000, "requests": 2000},
+    "quick": {
+        "raw": 100_000,
+        "ingest": 40_000,
+        "emails": 50_000,
+        "requests": 500,
+        "batches": 8,
+        "singles": 2000,
+    },
+    "full": {
+        "raw": 1_000_000,
+        "ingest": 1_000_000,
+        "emails": 1_000_000,
+        "requests": 2000,
+        "batches": 60,
+        "singles": 20_000,
+    },
 }
 
 
@@ -213,6 +227,10 @@ def main() -> None:
         workspace_id, key, ids = queries.fill(url, sizes["emails"], 5)
         latency = queries.measure(url, workspace_id, key, ids, sizes["requests"])
 
+    with fresh_database("hooks") as url:
+        log(f"webhooks: {sizes['batches']} batches of 1000, {sizes['singles']} single requests")
+        throughput = hooks.measure(url, sizes["batches"], sizes["singles"])
+
     figures = {
         "raw_insert_rows_per_s": round(raw),
         "raw_insert_text_params_rows_per_s": round(raw_text),
@@ -222,6 +240,8 @@ def main() -> None:
         "ingest_vs_raw": round(ingest / raw, 3),
         "rebuild_vs_raw": round(rebuild / raw, 3),
         **latency,
+        **throughput,
+        "http_batch_vs_raw": round(throughput["http_batch_events_per_s"] / raw, 3),
         "events": head,
         "query_emails": sizes["emails"],
         "mode": "quick" if args.quick else "full",
