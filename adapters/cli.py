@@ -11,6 +11,7 @@ from typing import TextIO
 import orjson
 from tqdm import tqdm
 
+from adapters.audit import verify_command
 from adapters.settings import Settings, SettingsError
 from adapters.storage import Storage, StorageUnavailableError, open_storage
 from adapters.workspaces import create_workspace
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
     follow = projection_commands.add_parser("run", help="follow the log (without serving)")
     follow.add_argument("--once", action="store_true", help="catch up, then exit")
+
+    audit = commands.add_parser("audit", help="check the integrity of the event log")
+    audit_commands = audit.add_subparsers(dest="action", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="recompute every email's hash chain; exit 1 if any link is broken"
+    )
+    verify.add_argument("--workspace", metavar="ID", help="only this workspace's emails")
     return parser
 
 
@@ -65,6 +73,8 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
             return 0
         if args.command == "workspace":
             return _create_workspace(storage, args.name, as_json=args.json, out=out)
+        if args.command == "audit":
+            return verify_command(storage.ledger, args.workspace, out)
         return _projections(storage, args, out)
     except UnknownProjectionError as error:
         print(f"mailledger: error: {error}", file=sys.stderr)

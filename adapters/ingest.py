@@ -13,8 +13,10 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -33,21 +35,70 @@ def as_endpoint(stored: admin_store.InboundEndpoint) -> Endpoint:
     return Endpoint(stored.id, stored.workspace_id, stored.provider, stored.setup_id, stored.config)
 
 
-def adopt(engine: Engine, endpoint: Endpoint, reports: Sequence[Report]) -> list[Report]:
+class Directory:
+    """Inbound endpoints and setups by domain, each kept a few seconds: every webhook
+    request needs them, they change rarely, and a request that needs no database
+    round trip of its own leaves the connections to the group commit."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self._seconds = seconds
+        self._found: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, key: tuple[str, ...]) -> tuple[bool, Any]:
+        """(True, value) while a looked-up value is fresh; no database involved."""
+        with self._lock:
+            hit = self._found.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self._seconds:
+            return True, hit[1]
+        return False, None
+
+    def _cached(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
+        known, value = self.fresh(key)
+        if known:
+            return value
+        now = time.monotonic()
+        value = load()
+        with self._lock:
+            if len(self._found) > 10_000:
+                self._found.clear()
+            self._found[key] = (now, value)
+        return value
+
+    def endpoint(self, engine: Engine, endpoint_id: str) -> Endpoint | None:
+        """The inbound endpoint of this id, if there is one."""
+
+        def load() -> Endpoint | None:
+            stored = admin_store.get_endpoint(engine, endpoint_id)
+            return None if stored is None else as_endpoint(stored)
+
+        found: Endpoint | None = self._cached(("endpoint", endpoint_id), load)
+        return found
+
+    def setup_for_domain(self, engine: Engine, workspace_id: str, domain: str) -> str | None:
+        """The id of the workspace's setup for a sending domain, if it has one."""
+
+        def load() -> str | None:
+            setup = admin_store.find_setup_by_domain(engine, workspace_id, domain)
+            return None if setup is None else setup.id
+
+        found: str | None = self._cached(("setup", workspace_id, domain), load)
+        return found
+
+
+def adopt(
+    directory: Directory, engine: Engine, endpoint: Endpoint, reports: Sequence[Report]
+) -> list[Report]:
     """File reports under a setup (SPEC 4.3): the endpoint's, else the workspace's setup
     for the sender's domain, else none."""
     if endpoint.setup_id is not None:
         return [r if r.setup_id else replace(r, setup_id=endpoint.setup_id) for r in reports]
-    by_domain: dict[str, str | None] = {}
 
     def setup_for(report: Report) -> str | None:
         domain = (report.from_address or "").rpartition("@")[2].lower()
         if report.setup_id is not None or not domain:
             return report.setup_id
-        if domain not in by_domain:
-            setup = admin_store.find_setup_by_domain(engine, endpoint.workspace_id, domain)
-            by_domain[domain] = None if setup is None else setup.id
-        return by_domain[domain]
+        return directory.setup_for_domain(engine, endpoint.workspace_id, domain)
 
     return [
         r if (setup := setup_for(r)) == r.setup_id else replace(r, setup_id=setup) for r in reports
@@ -89,9 +140,10 @@ def commit(storage: Storage, jobs: Sequence[Job], *, replay: bool = False) -> li
     """Store the jobs' receipts, record all their reports in one transaction, store
     their outcomes. Raises (and stores no outcome) when the database fails."""
     new = [] if replay else [job.receipt for job in jobs]
-    if new:
-        receipts.save(storage.engine, new, [])
     everything = [report for job in jobs for report in job.reports]
+    if new:
+        # Unflushed only when the ledger's flushed commit follows and covers it.
+        receipts.save(storage.engine, new, [], flush=not everything)
     results = storage.ledger.record(everything) if everything else []
     now = format_time(utc_now())
     tallies, outcomes, start = [], [], 0
@@ -103,7 +155,9 @@ def commit(storage: Storage, jobs: Sequence[Job], *, replay: bool = False) -> li
         outcomes.append(
             job.outcome or _outcome_of(job, recorded, len(mine) - recorded, now, replay)
         )
-    receipts.save(storage.engine, [], outcomes)
+    # When the ledger committed (and flushed), an outcome lost in a crash leaves its
+    # receipt without one, which replay finds; otherwise this commit is the flush.
+    receipts.save(storage.engine, [], outcomes, flush=not any(t.recorded for t in tallies))
     receipts.mark_used(storage.engine, [k for job in jobs for k in job.used_keys], now)
     return tallies
 
@@ -182,16 +236,13 @@ def replay(
     """Re-parse stored receipts with today's parsers and record them through the same
     idempotent path; verified receipts only (their signatures were checked on arrival)."""
     summary = ReplaySummary()
-    endpoints: dict[str, Endpoint | None] = {}
+    directory = Directory(seconds=3600)
     jobs: list[Job] = []
     for receipt in stored:
-        if receipt.endpoint_id not in endpoints:
-            found = admin_store.get_endpoint(storage.engine, receipt.endpoint_id)
-            endpoints[receipt.endpoint_id] = None if found is None else as_endpoint(found)
-        endpoint = endpoints[receipt.endpoint_id]
+        endpoint = directory.endpoint(storage.engine, receipt.endpoint_id)
         if endpoint is None:
             continue
-        jobs.append(_replay_job(storage.engine, endpoint, receipt, summary))
+        jobs.append(_replay_job(directory, storage.engine, endpoint, receipt, summary))
         if len(jobs) >= batch:
             _replay_batch(storage, jobs, summary, progress)
             jobs = []
@@ -201,7 +252,11 @@ def replay(
 
 
 def _replay_job(
-    engine: Engine, endpoint: Endpoint, receipt: Receipt, summary: ReplaySummary
+    directory: Directory,
+    engine: Engine,
+    endpoint: Endpoint,
+    receipt: Receipt,
+    summary: ReplaySummary,
 ) -> Job:
     now = format_time(utc_now())
     try:
@@ -210,7 +265,8 @@ def _replay_job(
         summary.dead_letters += 1
         outcome = Outcome(receipt.id, now, "dead_letter", 400, message=str(error), replay=True)
         return Job(receipt, [], outcome=outcome)
-    return Job(receipt, adopt(engine, endpoint, parsed.reports), ignored=len(parsed.ignored))
+    reports = adopt(directory, engine, endpoint, parsed.reports)
+    return Job(receipt, reports, ignored=len(parsed.ignored))
 
 
 def _replay_batch(

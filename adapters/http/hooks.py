@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from adapters import admin_store, receipts
+from adapters import receipts
 from adapters.http.api import ApiError, json_response, not_found
-from adapters.ingest import GroupCommitter, Job, adopt, as_endpoint
+from adapters.ingest import Directory, GroupCommitter, Job, adopt
 from adapters.providers import handle
 from adapters.providers.base import (
     CertificateSource,
@@ -37,7 +37,7 @@ from adapters.providers.base import (
 )
 from adapters.receipts import Outcome, Receipt
 from adapters.storage import Storage
-from domain.reports import format_time, utc_now
+from domain.reports import Report, format_time, utc_now
 
 MAX_HOOK_BODY = 10 * 1024 * 1024
 SUBSCRIBE_URL = re.compile(r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/")
@@ -65,6 +65,7 @@ class Hooks:
     committer: GroupCommitter
     certificates: CertificateSource
     confirm_subscription: Callable[[str], None]
+    directory: Directory = field(default_factory=Directory)
 
 
 def confirm_over_https(url: str) -> None:
@@ -97,10 +98,11 @@ async def receive_hook(request: Request) -> Response:
         endpoint_id = str(uuid.UUID(str(request.path_params["endpoint_id"])))
     except ValueError:
         raise not_found("inbound endpoint") from None
-    stored = await run_in_threadpool(admin_store.get_endpoint, storage.reader, endpoint_id)
-    if stored is None:
+    known, endpoint = hooks.directory.fresh(("endpoint", endpoint_id))
+    if not known:
+        endpoint = await run_in_threadpool(hooks.directory.endpoint, storage.reader, endpoint_id)
+    if endpoint is None:
         raise not_found("inbound endpoint")
-    endpoint = as_endpoint(stored)
     body = await _body(request)
     headers = dict(request.headers)
     now = utc_now()
@@ -126,10 +128,12 @@ async def receive_hook(request: Request) -> Response:
         await asyncio.wrap_future(hooks.committer.submit(job))
         raise ApiError(status, message)
 
+    def interpret() -> tuple[Parsed, list[Report]]:
+        parsed = handle(provider, body, headers, endpoint, context, receipt_id)
+        return parsed, adopt(hooks.directory, storage.reader, endpoint, parsed.reports)
+
     try:
-        parsed: Parsed = await run_in_threadpool(
-            handle, provider, body, headers, endpoint, context, receipt_id
-        )
+        parsed, reports = await run_in_threadpool(interpret)
     except ForbiddenSourceError as error:
         return await refuse(403, "forbidden", str(error), verified=False)
     except SignatureError as error:
@@ -144,7 +148,6 @@ async def receive_hook(request: Request) -> Response:
             return await refuse(400, "dead_letter", "SubscribeURL is not on SNS", verified=True)
         await run_in_threadpool(hooks.confirm_subscription, parsed.subscribe_url)
 
-    reports = await run_in_threadpool(adopt, storage.reader, endpoint, parsed.reports)
     job = Job(receipt(True), reports, ignored=len(parsed.ignored), used_keys=guard.keys)
     tally = await asyncio.wrap_future(hooks.committer.submit(job))
     return json_response(
