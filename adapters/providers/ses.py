@@ -110,8 +110,15 @@ def parse(body: bytes, endpoint: Endpoint, receipt_id: str | None) -> Parsed:
     return _parse_event(event, envelope.text("MessageId"), endpoint, receipt_id)
 
 
+def parse_event(body: bytes, endpoint: Endpoint, receipt_id: str | None = None) -> Parsed:
+    """The reports of a bare SES event (a line of a Firehose or S3 export): no SNS
+    envelope, so no transport key; the semantic key still catches repeats."""
+    event = JsonObject.of(load_json(body, "the SES event"), "the SES event")
+    return _parse_event(event, None, endpoint, receipt_id)
+
+
 def _parse_event(
-    event: JsonObject, sns_id: str, endpoint: Endpoint, receipt_id: str | None
+    event: JsonObject, sns_id: str | None, endpoint: Endpoint, receipt_id: str | None
 ) -> Parsed:
     kind = event.maybe_text("eventType") or event.maybe_text("notificationType")
     if kind is None:
@@ -139,7 +146,9 @@ def _parse_event(
                     message_id=message_id,
                     to_address=recipient,
                     event_at=event_at,
-                    transport_key=f"{sns_id}:{recipient.strip().lower()}",
+                    transport_key=None
+                    if sns_id is None
+                    else f"{sns_id}:{recipient.strip().lower()}",
                     email_id=_email_id(mail),
                     receipt_id=receipt_id,
                     from_address=from_address,
