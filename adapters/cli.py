@@ -6,15 +6,20 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import orjson
 from tqdm import tqdm
 
+from adapters import admin_store, receipts
 from adapters.audit import verify_command
+from adapters.importer import FORMATS, ImportFileError, import_file
+from adapters.ingest import as_endpoint, replay
 from adapters.settings import Settings, SettingsError
 from adapters.storage import Storage, StorageUnavailableError, open_storage
 from adapters.workspaces import create_workspace
+from domain.reports import InvalidReportError, normalize_time
 from projections.runner import UnknownProjectionError
 
 Serve = Callable[[Settings, Storage, str, int], None]
@@ -54,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="recompute every email's hash chain; exit 1 if any link is broken"
     )
     verify.add_argument("--workspace", metavar="ID", help="only this workspace's emails")
+
+    stored = commands.add_parser("receipts", help="stored webhook requests")
+    receipt_commands = stored.add_subparsers(dest="action", required=True)
+    replay = receipt_commands.add_parser(
+        "replay", help="re-parse verified receipts with today's parsers (idempotent)"
+    )
+    replay.add_argument("--endpoint", metavar="ID", help="only this inbound endpoint's")
+    replay.add_argument("--since", metavar="T", help="only those received at or after T")
+    replay.add_argument("--dead-letters", action="store_true", help="only dead letters")
+
+    bulk = commands.add_parser("import", help="load a provider export file")
+    bulk.add_argument("file", type=Path)
+    bulk.add_argument("--format", choices=sorted(FORMATS), required=True)
+    bulk.add_argument("--endpoint", metavar="ID", required=True, help="the inbound endpoint")
     return parser
 
 
@@ -75,8 +94,12 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
             return _create_workspace(storage, args.name, as_json=args.json, out=out)
         if args.command == "audit":
             return verify_command(storage.ledger, args.workspace, out)
+        if args.command == "receipts":
+            return _replay(storage, args, out)
+        if args.command == "import":
+            return _import(storage, args, out)
         return _projections(storage, args, out)
-    except UnknownProjectionError as error:
+    except (UnknownProjectionError, ImportFileError, InvalidReportError) as error:
         print(f"mailledger: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
@@ -128,4 +151,41 @@ def _projections(storage: Storage, args: argparse.Namespace, out: TextIO) -> int
         runner.run(stop, interval=0.2)
     except KeyboardInterrupt:
         stop.set()
+    return 0
+
+
+def _replay(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
+    since = normalize_time(args.since) if args.since else None
+    chosen = {"endpoint_id": args.endpoint, "since": since, "dead_letters_only": args.dead_letters}
+    total = receipts.count_for_replay(storage.engine, **chosen)
+    with tqdm(total=total, desc="replay", unit="receipt", file=sys.stderr) as bar:
+        summary = replay(storage, receipts.for_replay(storage.engine, **chosen), bar.update)
+    out.write(
+        f"replayed {summary.receipts} receipts: {summary.recorded} events recorded, "
+        f"{summary.duplicates} already held, {summary.dead_letters} still unparseable\n"
+    )
+    return 0
+
+
+def _import(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
+    stored = admin_store.get_endpoint(storage.engine, args.endpoint)
+    if stored is None:
+        raise ImportFileError(f"no inbound endpoint {args.endpoint}")
+    if not args.file.is_file():
+        raise ImportFileError(f"no such file: {args.file}")
+    with args.file.open("rb") as lines:
+        total = sum(1 for _ in lines) if args.format.endswith("jsonl") else None
+    with tqdm(total=total, desc=f"import {args.file.name}", unit="item", file=sys.stderr) as bar:
+        summary = import_file(
+            storage, as_endpoint(stored), args.file, args.format, progress=bar.update
+        )
+    out.write(
+        f"{summary.items} items: {summary.recorded} events recorded, "
+        f"{summary.duplicates} already held, {summary.ignored} without meaning here, "
+        f"{len(summary.unparseable)} unparseable\n"
+    )
+    for line, message in summary.unparseable[:100]:
+        out.write(f"  line {line}: {message}\n")
+    if len(summary.unparseable) > 100:
+        out.write(f"  ... and {len(summary.unparseable) - 100} more\n")
     return 0
