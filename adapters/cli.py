@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bulk = commands.add_parser("import", help="load a provider export file")
     bulk.add_argument("file", type=Path)
-    bulk.add_argument("--format", choices=sorted(FORMATS), required=True)
+    bulk.add_argument(
+        "--format", choices=sorted(FORMATS), help="default: the endpoint provider's format"
+    )
     bulk.add_argument("--endpoint", metavar="ID", required=True, help="the inbound endpoint")
     return parser
 
@@ -173,12 +175,11 @@ def _import(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
         raise ImportFileError(f"no inbound endpoint {args.endpoint}")
     if not args.file.is_file():
         raise ImportFileError(f"no such file: {args.file}")
+    fmt = args.format or next(f for f, provider in FORMATS.items() if provider == stored.provider)
     with args.file.open("rb") as lines:
-        total = sum(1 for _ in lines) if args.format.endswith("jsonl") else None
+        total = sum(1 for _ in lines) if fmt.endswith("jsonl") else None
     with tqdm(total=total, desc=f"import {args.file.name}", unit="item", file=sys.stderr) as bar:
-        summary = import_file(
-            storage, as_endpoint(stored), args.file, args.format, progress=bar.update
-        )
+        summary = import_file(storage, as_endpoint(stored), args.file, fmt, progress=bar.update)
     out.write(
         f"{summary.items} items: {summary.recorded} events recorded, "
         f"{summary.duplicates} already held, {summary.ignored} without meaning here, "

@@ -136,7 +136,7 @@ def test_import_prints_a_summary_with_line_numbers_and_is_idempotent(
     assert status == 0
     assert out.splitlines()[0].startswith("3 items: 2 events recorded, 0 already held")
     assert "line 2:" in out
-    status, out = run(monkeypatch, database_url, *argv)
+    status, out = run(monkeypatch, database_url, *argv[:2], "--endpoint", endpoint.id)
     assert out.startswith("3 items: 0 events recorded, 2 already held")
     status, _ = run(monkeypatch, database_url, "import", str(path), "--format", "ses-jsonl",
                     "--endpoint", endpoint.id)  # fmt: skip
