@@ -1,0 +1,105 @@
+"""A worker killed in the middle of a batch loses nothing once the provider retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from adapters.settings import parse_database_url
+from adapters.storage import open_storage
+from adapters.workspaces import create_workspace
+from tests.unit.providers import signing
+
+ROOT = Path(__file__).parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, MAILLEDGER_DATABASE_URL=url)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(200):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the service did not start")
+
+
+def test_killed_mid_batch_then_retried_records_every_event_once(database_url: str) -> None:
+    store = open_storage(parse_database_url(database_url))
+    made = create_workspace(store.engine, "crash")
+    store.close()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {made.api_key}"}
+    server = _serve(database_url, port)
+    try:
+        url = httpx.post(
+            f"{base}/v1/{made.workspace_id}/email/inbound",
+            json={"provider": "generic", "secret": signing.GENERIC_SECRET},
+            headers=auth,
+        ).json()["url"]
+        events = [
+            {
+                "event_type": "Delivery",
+                "message_id": f"crash-{n}",
+                "to_address": "rcpt@example.com",
+                "event_at": "2025-03-14T19:04:02Z",
+                "event_id": f"evt-{n}",
+            }
+            for n in range(20_000)
+        ]
+        body = json.dumps(events).encode()
+        answers: list[int] = []
+
+        def post() -> None:
+            from datetime import UTC, datetime
+
+            headers = signing.generic_headers(body, timestamp=datetime.now(UTC))
+            try:
+                answers.append(
+                    httpx.post(base + url, content=body, headers=headers, timeout=60).status_code
+                )
+            except httpx.TransportError:
+                answers.append(0)
+
+        sender = threading.Thread(target=post)
+        sender.start()
+        time.sleep(0.3)  # the request is in flight: parsing or recording its batch
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        sender.join(timeout=60)
+        assert answers in ([0], [200])  # killed before answering, or done just before
+
+        server = _serve(database_url, port)
+        post()  # the provider retries the same delivery
+        assert answers[-1] == 200
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+    store = open_storage(parse_database_url(database_url))
+    try:
+        assert store.ledger.head_position() == 20_000
+    finally:
+        store.close()
