@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
-import pytest
 
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
