@@ -93,7 +93,7 @@ def _copy(conn: psycopg.Connection[Any], table: Any, rows: Any) -> None:
     with conn.cursor().copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
         for row in rows:
             copy.write_row(
-                [orjson.dumps(row[n]).decode() if n in as_json else row[n] for n in names]
+                [orjson.dumps(row[n]).decode() if n in as_json else row.get(n) for n in names]
             )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -67,6 +69,9 @@ class EmailLedger(Application[UUID]):
         # A stale cached email is caught by the version check on save, and reloaded:
         # no query per cached email on the hot path.
         "AGGREGATE_CACHE_FASTFORWARD": "n",
+        # Recording holds the ledger's lock, so cached emails are used in place, not
+        # copied; a batch that fails forgets every email it touched.
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
 
     def __init__(
@@ -80,6 +85,7 @@ class EmailLedger(Application[UUID]):
         self._transcoder = transcoder
         self._clock = clock
         self._bulk_select = bulk_select
+        self._lock = threading.Lock()
         super().__init__(env)
 
     def construct_transcoder(self) -> Transcoder:
@@ -91,8 +97,13 @@ class EmailLedger(Application[UUID]):
         """Record a batch of reports for any emails in one transaction.
 
         A report either of whose keys its email already holds is dropped. Losing a
-        version race to another writer reloads the emails and tries again.
+        version race to another writer reloads the emails and tries again. Batches of
+        one process are recorded one at a time (other processes race as above).
         """
+        with self._lock:
+            return self._record_batch(reports)
+
+    def _record_batch(self, reports: Sequence[Report]) -> list[Outcome]:
         for attempt in range(MAX_ATTEMPTS):
             emails: dict[UUID, Email] = {}
             try:
@@ -173,11 +184,12 @@ class EmailLedger(Application[UUID]):
                 cache.get(email_id, evict=True)
 
     def get_email(self, email_id: UUID) -> Email:
-        """The email as its log stands now."""
-        try:
-            return cast("Email", self.repository.get(email_id))
-        except AggregateNotFoundError:
-            raise EmailNotFoundError(email_id) from None
+        """The email as its log stands now (a copy: cached emails stay the ledger's)."""
+        with self._lock:
+            try:
+                return copy.deepcopy(cast("Email", self.repository.get(email_id)))
+            except AggregateNotFoundError:
+                raise EmailNotFoundError(email_id) from None
 
     def get_history(self, email_id: UUID) -> list[EmailEvent]:
         """Every stored event of the email, in log order."""

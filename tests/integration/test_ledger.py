@@ -127,7 +127,7 @@ def test_state_survives_a_restart(database_url: str) -> None:
     again = open_storage(parse_database_url(database_url))
     try:
         assert again.ledger.get_email(outcome.email_id).view.state == "bounced"
-        assert {s.name: s.lag for s in again.runner.status()} == {"emails": 0, "events": 0}
+        assert {s.lag for s in again.runner.status()} == {0}
         (dup,) = again.ledger.record([report("Bounce", bounce_type="Permanent")])
         assert not dup.recorded
     finally:
