@@ -6,7 +6,9 @@
 - ingest: reports recorded through the application in batches of 1,000, about 10%
   duplicates, about 5 events per email, half of them for emails that already exist
   but are not in the cache;
-- rebuild: every projection rebuilt from position 0 over what ingest wrote.
+- rebuild: every projection rebuilt from position 0 over what ingest wrote;
+- audit: `audit verify` over what ingest wrote; stats: a 30-day window grouped by day
+  (bench/audit_stats.py).
 
 `--quick` uses small sizes (about a minute); `--json` prints one JSON object last.
 """
@@ -29,7 +31,7 @@ from psycopg import sql
 
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
-from bench import hooks, queries
+from bench import audit_stats, hooks, queries
 from domain.reports import EventType, Report
 
 SERVER = os.environ.get("MAILLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -221,11 +223,18 @@ def main() -> None:
         store = open_storage(parse_database_url(url))
         rebuild = bench_rebuild(store, head)
         store.close()
+        log(f"audit verify: {head} events")
+        audit = audit_stats.bench_audit(url)
 
     with fresh_database("queries") as url:
         log(f"queries: {sizes['emails']} emails, {5 * sizes['emails']} events")
         workspace_id, key, ids = queries.fill(url, sizes["emails"], 5)
         latency = queries.measure(url, workspace_id, key, ids, sizes["requests"])
+
+    with fresh_database("stats") as url:
+        log(f"stats: {sizes['emails']} emails in the analytics view")
+        stats_workspace, stats_key = audit_stats.fill_analytics(url, sizes["emails"])
+        stats = audit_stats.measure_stats(url, stats_workspace, stats_key, sizes["requests"])
 
     with fresh_database("hooks") as url:
         log(f"webhooks: {sizes['batches']} batches of 1000, {sizes['singles']} single requests")
@@ -239,7 +248,10 @@ def main() -> None:
         "rebuild_events_per_s": round(rebuild),
         "ingest_vs_raw": round(ingest / raw, 3),
         "rebuild_vs_raw": round(rebuild / raw, 3),
+        "audit_verify_events_per_s": round(audit),
+        "audit_vs_raw": round(audit / raw, 3),
         **latency,
+        **stats,
         **throughput,
         "http_batch_vs_raw": round(throughput["http_batch_events_per_s"] / raw, 3),
         "events": head,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from projections.analytics import AnalyticsProjection
 from projections.base import Projection
 from projections.emails import EmailsProjection
 from projections.events import EventsProjection
@@ -9,4 +10,4 @@ from projections.events import EventsProjection
 
 def default_projections() -> list[Projection]:
     """Every read model the service keeps."""
-    return [EmailsProjection(), EventsProjection()]
+    return [EmailsProjection(), EventsProjection(), AnalyticsProjection()]

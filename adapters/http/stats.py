@@ -6,16 +6,18 @@ rate means is in docs/analytics.md.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from adapters.http.api import Call, Operation, json_response
 from adapters.http.emails import SCOPE
 from domain.reports import InvalidReportError, normalize_time
 from projections.analytics import GroupBy, StatsFilter, stats_groups
 
+T = TypeVar("T")
 COUNTS = (
     "sent", "delivered", "bounced", "bounced_hard", "bounced_soft", "complained", "rejected",
     "delayed", "unique_opens", "unique_clicks", "opens", "clicks",
@@ -29,8 +31,8 @@ class StatsQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    use_case_id: str | None = Field(None, description="Only emails of this use case.")
-    setup_id: str | None = Field(None, description="Only emails of this email setup.")
+    use_case_id: str | None = Field(None, min_length=1, description="Only emails of this use case.")
+    setup_id: str | None = Field(None, min_length=1, description="Only emails of this email setup.")
     sent_from: str | None = Field(
         None, alias="from", description="RFC 3339; emails sent at or after."
     )
@@ -124,11 +126,25 @@ def _key(group_by: GroupBy, raw: str | None) -> str | None:
     return raw
 
 
+def _in_one_snapshot(conn: Connection, read: Callable[[], T]) -> T:
+    # An answer may read a rollup and the per-email rows at its window's edges: both
+    # must see the same projection commit, or an email could move between them unseen.
+    if conn.dialect.name == "postgresql":
+        conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            return read()
+    conn.exec_driver_sql("BEGIN")  # the reader autocommits; SQLite's WAL keeps a snapshot
+    try:
+        return read()
+    finally:
+        conn.exec_driver_sql("COMMIT")
+
+
 def stats(engine: Engine, workspace_id: str, q: StatsQuery) -> dict[str, Any]:
     """The stats answer of one query."""
     where = StatsFilter(workspace_id, q.use_case_id, q.setup_id, q.sent_from, q.sent_to)
     with engine.connect() as conn:
-        rows = stats_groups(conn, where, q.group_by)
+        rows = _in_one_snapshot(conn, lambda: stats_groups(conn, where, q.group_by))
     # Nulls (emails without a use case) first, then ascending keys.
     rows.sort(key=lambda row: (row["key"] is not None, row["key"] or ""))
     groups = [{"key": _key(q.group_by, row["key"]), **figures(_counts(row))} for row in rows]
