@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import Engine, RowMapping
+from sqlalchemy import Connection, Engine, RowMapping
 
 from adapters.http import tokens
 from adapters.http.api import Call, Operation, json_response, not_found
@@ -151,15 +152,61 @@ def _shape(row: RowMapping, names: Sequence[str]) -> dict[str, Any]:
     return shaped
 
 
-def _page(
-    rows: list[RowMapping], limit: int, secret: bytes, query: str, key: tuple[str, str]
-) -> tuple[list[RowMapping], bool, str | None]:
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+Fetch = Callable[[Connection, Any, Any, int], list[RowMapping]]
+
+
+@dataclass(frozen=True)
+class _Pager:
+    """How one list is paged: its name, how rows are fetched, its keyset columns."""
+
+    name: str
+    fetch: Fetch
+    key: tuple[str, str]
+    key_types: tuple[type, type]
+    item: Callable[[RowMapping], dict[str, Any]]
+
+
+def _list_page(
+    storage: Storage, listing: _Pager, workspace_id: str, q: Any, where: Any
+) -> dict[str, Any]:
+    """One page of a list: the keyset position from the token, then `limit + 1` rows to
+    know whether more follow, and the token of the next page."""
+    filters = q.model_dump(exclude={"limit", "continuation_token"})
+    query = tokens.fingerprint(listing.name, {"w": workspace_id, **filters})
+    after = None
+    if q.continuation_token is not None:
+        position = tokens.read(storage.token_secret, q.continuation_token, query)
+        after = tuple(kind(value) for kind, value in zip(listing.key_types, position, strict=True))
+    with storage.reader.connect() as conn:
+        rows = listing.fetch(conn, where, after, q.limit + 1)
+    has_more = len(rows) > q.limit
+    page = rows[: q.limit]
     token = None
     if has_more:
-        token = tokens.issue(secret, query, [rows[-1][key[0]], rows[-1][key[1]]])
-    return rows, has_more, token
+        last = [page[-1][listing.key[0]], page[-1][listing.key[1]]]
+        token = tokens.issue(storage.token_secret, query, last)
+    return {
+        listing.name: [listing.item(row) for row in page],
+        "has_more": has_more,
+        "continuation_token": token,
+    }
+
+
+def _event_item(row: RowMapping) -> dict[str, Any]:
+    return {
+        "id": event_id(uuid.UUID(row["email_id"]), row["version"]),
+        "email_id": row["email_id"],
+        "event_type": row["event_type"],
+        "event_at": row["event_at"],
+        "received_at": row["received_at"],
+        "detail": row["detail"],
+    }
+
+
+EMAILS = _Pager(
+    "emails", list_emails, ("sent_at", "id"), (str, str), lambda row: _shape(row, SUMMARY_FIELDS)
+)
+EVENTS = _Pager("events", list_events, ("event_at", "position"), (str, int), _event_item)
 
 
 def _emails_page(storage: Storage, workspace_id: str, q: EmailListQuery) -> dict[str, Any]:
@@ -172,21 +219,7 @@ def _emails_page(storage: Storage, workspace_id: str, q: EmailListQuery) -> dict
         q.sent_after,
         q.sent_before,
     )
-    query = tokens.fingerprint(
-        "emails", {"w": workspace_id, **q.model_dump(exclude={"limit", "continuation_token"})}
-    )
-    after = None
-    if q.continuation_token is not None:
-        sent_at, email_id = tokens.read(storage.token_secret, q.continuation_token, query)
-        after = (str(sent_at), str(email_id))
-    with storage.reader.connect() as conn:
-        rows = list_emails(conn, where, after, q.limit + 1)
-    page, has_more, token = _page(rows, q.limit, storage.token_secret, query, ("sent_at", "id"))
-    return {
-        "emails": [_shape(row, SUMMARY_FIELDS) for row in page],
-        "has_more": has_more,
-        "continuation_token": token,
-    }
+    return _list_page(storage, EMAILS, workspace_id, q, where)
 
 
 def _events_page(storage: Storage, workspace_id: str, q: EventListQuery) -> dict[str, Any]:
@@ -199,33 +232,7 @@ def _events_page(storage: Storage, workspace_id: str, q: EventListQuery) -> dict
         q.event_at_after,
         q.event_at_before,
     )
-    query = tokens.fingerprint(
-        "events", {"w": workspace_id, **q.model_dump(exclude={"limit", "continuation_token"})}
-    )
-    after = None
-    if q.continuation_token is not None:
-        event_at, position = tokens.read(storage.token_secret, q.continuation_token, query)
-        after = (str(event_at), int(position))
-    with storage.reader.connect() as conn:
-        rows = list_events(conn, where, after, q.limit + 1)
-    page, has_more, token = _page(
-        rows, q.limit, storage.token_secret, query, ("event_at", "position")
-    )
-    return {
-        "events": [
-            {
-                "id": event_id(uuid.UUID(row["email_id"]), row["version"]),
-                "email_id": row["email_id"],
-                "event_type": row["event_type"],
-                "event_at": row["event_at"],
-                "received_at": row["received_at"],
-                "detail": row["detail"],
-            }
-            for row in page
-        ],
-        "has_more": has_more,
-        "continuation_token": token,
-    }
+    return _list_page(storage, EVENTS, workspace_id, q, where)
 
 
 def _detail(engine: Engine, workspace_id: str, email_id: str) -> dict[str, Any] | None:
