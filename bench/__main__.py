@@ -31,7 +31,7 @@ from psycopg import sql
 
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
-from bench import audit_stats, hooks, queries
+from bench import audit_stats, hooks, importing, queries
 from domain.reports import EventType, Report
 
 SERVER = os.environ.get("MAILLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -236,6 +236,10 @@ def main() -> None:
         stats_workspace, stats_key = audit_stats.fill_analytics(url, sizes["emails"])
         stats = audit_stats.measure_stats(url, stats_workspace, stats_key, sizes["requests"])
 
+    with fresh_database("import") as url:
+        log(f"import: {sizes['ingest'] // 2} lines")
+        imported = importing.measure(url, sizes["ingest"] // 2)
+
     with fresh_database("hooks") as url:
         log(f"webhooks: {sizes['batches']} batches of 1000, {sizes['singles']} single requests")
         throughput = hooks.measure(url, sizes["batches"], sizes["singles"])
@@ -253,6 +257,8 @@ def main() -> None:
         **latency,
         **stats,
         **throughput,
+        **imported,
+        "import_vs_raw": round(imported["import_events_per_s"] / raw, 3),
         "http_batch_vs_raw": round(throughput["http_batch_events_per_s"] / raw, 3),
         "events": head,
         "query_emails": sizes["emails"],
