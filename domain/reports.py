@@ -34,8 +34,34 @@ class EventType(StrEnum):
     CLICK = "Click"
 
 
+class SendingEventType(StrEnum):
+    """The kinds of event only mailledger's own sender records, never a provider: the
+    life of an email sent through the API around its hand-off to a transport (SPEC 5).
+    Kept apart from EventType, so provider parsers that accept any EventType (the
+    generic webhook) cannot be made to record them."""
+
+    SCHEDULED = "Scheduled"
+    DISPATCHED = "Dispatched"
+    CANCELED = "Canceled"
+    FAILED = "Failed"
+
+
+EventKind = EventType | SendingEventType
+
+
+def event_kind(value: str) -> EventKind:
+    """The kind named `value`: a provider event type, else a sending one."""
+    try:
+        return EventType(value)
+    except ValueError as error:
+        try:
+            return SendingEventType(value)
+        except ValueError:
+            raise error from None
+
+
 # The type-specific fields each event carries (SPEC section 1), with their JSON types.
-DETAIL_FIELDS: dict[EventType, dict[str, type | tuple[type, ...]]] = {
+DETAIL_FIELDS: dict[EventKind, dict[str, type | tuple[type, ...]]] = {
     EventType.SENT: {
         "use_case_id": str,
         "email_type": str,
@@ -51,6 +77,14 @@ DETAIL_FIELDS: dict[EventType, dict[str, type | tuple[type, ...]]] = {
     EventType.DELIVERY_DELAY: {"delay_type": str, "expiration_time": str},
     EventType.OPEN: {"ip": str, "user_agent": str, "machine_open": bool},
     EventType.CLICK: {"link": str, "ip": str, "user_agent": str},
+    SendingEventType.SCHEDULED: {"send_at": str},
+    SendingEventType.DISPATCHED: {
+        "transport": str,
+        "provider_message_id": str,
+        "smtp_response": str,
+    },
+    SendingEventType.CANCELED: {},
+    SendingEventType.FAILED: {"reason": str, "smtp_response": str},
 }
 
 BOUNCE_TYPES = ("Permanent", "Transient", "Undetermined")
@@ -102,7 +136,7 @@ class Report:
     """One fact a provider (or the sender) reported about one recipient's email."""
 
     workspace_id: str
-    event_type: EventType
+    event_type: EventKind
     provider: str
     message_id: str
     to_address: str
@@ -117,7 +151,7 @@ class Report:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "event_type", EventType(self.event_type))
+        object.__setattr__(self, "event_type", event_kind(self.event_type))
         object.__setattr__(self, "to_address", self.to_address.strip().lower())
         object.__setattr__(self, "event_at", normalize_time(self.event_at))
         if self.sent_at is not None:
@@ -168,6 +202,9 @@ class Report:
             str(self.event_type),
             self.event_at,
             self.full_detail(),
+            # What the provider says about the email itself is part of the fact too (not
+            # setup_id: mailledger files the email under a setup, the provider does not).
+            [self.from_address, self.subject, self.sent_at],
         ]
         return hashlib.sha256(canonical_json(fact)).hexdigest()
 
