@@ -28,6 +28,7 @@ from adapters.http.stats import stats_operations
 from adapters.ingest import GroupCommitter
 from adapters.providers.base import CertificateSource
 from adapters.providers.sns_certs import SnsCertificates
+from adapters.sending.worker import SendWorker
 from adapters.settings import Settings
 from adapters.storage import Storage, open_storage
 
@@ -57,6 +58,9 @@ def create_app(
             certificates or SnsCertificates(settings.sns_cert_dir),
             confirm_subscription,
         )
+        sender = SendWorker(store)
+        sender.start()
+        app.state.sender = sender
         stop = threading.Event()
         follower = threading.Thread(
             target=store.runner.run,
@@ -69,6 +73,7 @@ def create_app(
         try:
             yield
         finally:
+            sender.stop()
             committer.stop()
             stop.set()
             if follower.is_alive():

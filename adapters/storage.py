@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
+from adapters.sending import tables as sending_tables  # noqa: F401 (defines tables too)
 from adapters.settings import Database
 from adapters.workspaces import admin_metadata
 from domain.application import EmailLedger

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_hash
-from domain.reports import EventType, Report, format_time
+from domain.reports import EventKind, EventType, Report, SendingEventType, format_time
 
 
 def _earliest(current: str | None, candidate: str) -> str:
@@ -68,6 +68,13 @@ class EmailView:
     last_click_at: str | None = None
     click_count: int = 0
     updated_at: str | None = None
+    # The sender's own lifecycle (emails sent through the API): when a scheduled email
+    # is to leave, when the transport took it, when it was canceled while queued, when
+    # the sender gave up on a transport that kept refusing it.
+    send_at: str | None = None
+    dispatched_at: str | None = None
+    canceled_at: str | None = None
+    failed_at: str | None = None
 
     @property
     def sent_at(self) -> str | None:
@@ -86,7 +93,17 @@ class EmailView:
             return "rejected"
         if self.delivered_at:
             return "delivered"
+        if self.failed_at:
+            return "failed"
+        if self.canceled_at:
+            return "canceled"
+        if self.send_at and not (self.dispatched_at or self._heard_from_provider()):
+            return "queued"
         return "sent"
+
+    def _heard_from_provider(self) -> bool:
+        # Any provider event means the email has left, whatever the sender recorded.
+        return bool(self.delivery_delay_at or self.first_open_at or self.first_click_at)
 
     def apply(self, event: EmailEvent) -> None:
         """Fold one event in; commutative, so any order gives the same view."""
@@ -147,6 +164,18 @@ class EmailView:
     def _apply_delay(self, event: EmailEvent) -> None:
         self.delivery_delay_at = _latest(self.delivery_delay_at, event.event_at)
 
+    def _apply_scheduled(self, event: EmailEvent) -> None:
+        self.send_at = _earliest(self.send_at, getattr(event, "send_at", None) or event.event_at)
+
+    def _apply_dispatched(self, event: EmailEvent) -> None:
+        self.dispatched_at = _earliest(self.dispatched_at, event.event_at)
+
+    def _apply_canceled(self, event: EmailEvent) -> None:
+        self.canceled_at = _earliest(self.canceled_at, event.event_at)
+
+    def _apply_failed(self, event: EmailEvent) -> None:
+        self.failed_at = _earliest(self.failed_at, event.event_at)
+
     def as_row(self) -> dict[str, Any]:
         """The stored form: every field, plus the derived `sent_at` and `state`."""
         row = {name: getattr(self, name) for name in _VIEW_FIELDS}
@@ -170,7 +199,7 @@ class EmailView:
 
 _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(EmailView))
 
-_HANDLERS = {
+_HANDLERS: dict[EventKind, Callable[[EmailView, EmailEvent], None]] = {
     EventType.DELIVERY: EmailView._apply_delivery,
     EventType.BOUNCE: EmailView._apply_bounce,
     EventType.COMPLAINT: EmailView._apply_complaint,
@@ -178,6 +207,10 @@ _HANDLERS = {
     EventType.DELIVERY_DELAY: EmailView._apply_delay,
     EventType.OPEN: EmailView._apply_open,
     EventType.CLICK: EmailView._apply_click,
+    SendingEventType.SCHEDULED: EmailView._apply_scheduled,
+    SendingEventType.DISPATCHED: EmailView._apply_dispatched,
+    SendingEventType.CANCELED: EmailView._apply_canceled,
+    SendingEventType.FAILED: EmailView._apply_failed,
 }
 
 

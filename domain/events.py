@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.domain import AggregateEvent
 
-from domain.reports import DETAIL_FIELDS, EventType, canonical_json
+from domain.reports import DETAIL_FIELDS, EventKind, EventType, SendingEventType, canonical_json
 
 if TYPE_CHECKING:
     from domain.email import Email
@@ -24,7 +24,7 @@ GENESIS_HASH = "0" * 64
 class EmailEvent(AggregateEvent):
     """What every recorded event of an email carries."""
 
-    event_type: ClassVar[EventType]
+    event_type: ClassVar[EventKind]
 
     workspace_id: str
     message_id: str
@@ -155,7 +155,51 @@ class Click(EmailEvent):
     user_agent: str | None
 
 
-EVENT_CLASSES: dict[EventType, type[EmailEvent]] = {
+class Scheduled(EmailEvent):
+    """The email was accepted to leave at `send_at`; until then it is queued."""
+
+    event_type = SendingEventType.SCHEDULED
+    send_at: str | None
+
+
+class Dispatched(EmailEvent):
+    """mailledger handed the email to its transport (the sandbox or an SMTP relay)."""
+
+    event_type = SendingEventType.DISPATCHED
+    transport: str | None
+    provider_message_id: str | None
+    smtp_response: str | None
+
+
+class Canceled(EmailEvent):
+    """The email was canceled while queued; it never left."""
+
+    event_type = SendingEventType.CANCELED
+
+
+class Failed(EmailEvent):
+    """The transport kept refusing the email for a while (temporary errors) and
+    mailledger gave up; it never left."""
+
+    event_type = SendingEventType.FAILED
+    reason: str | None
+    smtp_response: str | None
+
+
+EVENT_CLASSES: dict[EventKind, type[EmailEvent]] = {
     cls.event_type: cls
-    for cls in (Sent, Delivery, Bounce, Complaint, Reject, DeliveryDelay, Open, Click)
+    for cls in (
+        Sent,
+        Delivery,
+        Bounce,
+        Complaint,
+        Reject,
+        DeliveryDelay,
+        Open,
+        Click,
+        Scheduled,
+        Dispatched,
+        Canceled,
+        Failed,
+    )
 }

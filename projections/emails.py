@@ -66,6 +66,11 @@ emails = Table(
     Column("last_click_at", TIME),
     Column("click_count", Integer, nullable=False),
     Column("updated_at", TIME),
+    # Sending through the API (EmailView.send_at, dispatched_at, canceled_at, failed_at).
+    Column("send_at", TIME),
+    Column("dispatched_at", TIME),
+    Column("canceled_at", TIME),
+    Column("failed_at", TIME),
     # The list queries: scoped by use case or setup, newest first, keyset by id.
     Index("emails_by_use_case", "workspace_id", "use_case_id", "sent_at", "id"),
     Index("emails_by_setup", "workspace_id", "setup_id", "sent_at", "id"),

@@ -1,0 +1,152 @@
+"""The suppression list: addresses a workspace no longer sends to.
+
+It is projected from the event log itself, so a hard bounce or a complaint suppresses
+the address whoever reported it: the sandbox, an SMTP reply or any provider's webhook.
+The projection has its own tracking row (exactly once, rebuildable like the others);
+deletions are kept apart and honoured by the projection, so a rebuild does not bring
+back an address someone removed, while a new bounce after the removal does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, RowMapping, Table, delete, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from adapters.sending.tables import suppression_removals, suppressions
+from adapters.storage import Storage, notification_reader
+from domain.events import EmailEvent
+from domain.reports import EventType, format_time
+from projections.base import Positioned, tracking
+from projections.runner import ProjectionRunner
+
+NAME = "suppressions"
+
+
+def cause_of(event: EmailEvent) -> str | None:
+    """Why an event suppresses its address: `Bounce` (hard) or `Complaint`; else None."""
+    if event.event_type is EventType.COMPLAINT:
+        return "Complaint"
+    if event.event_type is EventType.BOUNCE and getattr(event, "bounce_type", None) == "Permanent":
+        return "Bounce"
+    return None
+
+
+class SuppressionProjection:
+    """Keeps `suppressions` equal to the earliest suppressing event of each address
+    since its last removal."""
+
+    name = NAME
+    tables: Sequence[Table] = (suppressions,)
+
+    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+        for item in batch:
+            cause = cause_of(item.event)
+            if cause is not None:
+                _suppress(conn, item.event, cause)
+
+
+def _suppress(conn: Connection, event: EmailEvent, cause: str) -> None:
+    key = (event.workspace_id, event.to_address)
+    removals = suppression_removals.c
+    removed = conn.execute(
+        select(removals.removed_at).where(tuple_(removals.workspace_id, removals.address) == key)
+    ).scalar()
+    if removed is not None and event.received_at <= removed:
+        return
+    entry = {
+        "cause": cause,
+        "since": event.event_at,
+        "email_id": str(event.originator_id),
+        "received_at": event.received_at,
+    }
+    where = tuple_(suppressions.c.workspace_id, suppressions.c.address) == key
+    since = conn.execute(select(suppressions.c.since).where(where)).scalar()
+    if since is None:
+        conn.execute(suppressions.insert().values(workspace_id=key[0], address=key[1], **entry))
+    elif event.event_at < since:
+        conn.execute(update(suppressions).where(where).values(**entry))
+
+
+class SuppressionFollower:
+    """Follows the log for the suppression projection, reading cheaply when idle."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.runner = ProjectionRunner(
+            storage.engine,
+            notification_reader(storage.ledger),
+            storage.ledger.head_position,
+            [SuppressionProjection()],
+        )
+        self._ready = False
+
+    def follow(self) -> int:
+        """Apply whatever the log holds beyond the projection's position."""
+        if not self._ready:
+            self.runner.create_tables()
+            self._ready = True
+        with self.storage.reader.connect() as conn:
+            position = conn.execute(
+                select(tracking.c.position).where(tracking.c.name == NAME)
+            ).scalar()
+        if position is not None and position >= self.storage.ledger.head_position():
+            return 0
+        return self.runner.catch_up(NAME)
+
+
+def is_suppressed(engine: Engine, workspace_id: str, address: str) -> bool:
+    """Whether the workspace's list holds the address."""
+    query = select(suppressions.c.address).where(
+        suppressions.c.workspace_id == workspace_id, suppressions.c.address == address.lower()
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None
+
+
+@dataclass(frozen=True)
+class SuppressionFilter:
+    """What the list is narrowed to."""
+
+    workspace_id: str
+    address: str | None = None
+
+
+def list_suppressions(
+    engine: Engine, where: SuppressionFilter, after: tuple[str, str] | None, limit: int
+) -> list[RowMapping]:
+    """Entries newest first (by since, then address), after a keyset position."""
+    c = suppressions.c
+    query = select(c.address, c.cause, c.since, c.email_id).where(
+        c.workspace_id == where.workspace_id
+    )
+    if where.address is not None:
+        query = query.where(c.address == where.address.lower())
+    if after is not None:
+        query = query.where(tuple_(c.since, c.address) < tuple_(*after))
+    query = query.order_by(c.since.desc(), c.address.desc()).limit(limit)
+    with engine.connect() as conn:
+        return list(conn.execute(query).mappings())
+
+
+def remove(engine: Engine, workspace_id: str, address: str, now: datetime) -> None:
+    """Take an address off the list; events recorded until now no longer count."""
+    address = address.lower()
+    values = {"workspace_id": workspace_id, "address": address, "removed_at": format_time(now)}
+    with engine.begin() as conn:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert(suppression_removals).values(**values)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["workspace_id", "address"],
+                set_={"removed_at": stmt.excluded.removed_at},
+            )
+        )
+        conn.execute(
+            delete(suppressions).where(
+                suppressions.c.workspace_id == workspace_id, suppressions.c.address == address
+            )
+        )
