@@ -97,6 +97,10 @@ class Operation:
     status: int = 200
     errors: Sequence[int] = field(default_factory=tuple)
     description: str = ""
+    # Documentation only: a multipart form the handler reads itself, and request
+    # headers it honors (e.g. Idempotency-Key).
+    form: type[BaseModel] | None = None
+    headers: Sequence[str] = field(default_factory=tuple)
 
     async def handle(self, request: Request) -> Response:
         """Authenticate, validate, then run the handler."""

@@ -121,6 +121,15 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": schemas.ref(op.body)}},
             }
+        if op.form is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": schemas.ref(op.form)}},
+            }
+        entry["parameters"].extend(
+            {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+            for name in op.headers
+        )
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     paths["/healthz"] = {
         "get": {

@@ -73,6 +73,21 @@ def _answers() -> Iterator[None]:
         raise ApiError(ERRORS[kind], MESSAGES.get(kind, str(error))) from None
 
 
+class SendForm(BaseModel):
+    """The send form (multipart/form-data), as documented; read while streaming."""
+
+    use_case_id: str = Field(description="An email use case of the workspace.")
+    to_address: str = Field(description="One recipient address.")
+    subject: str = Field(min_length=1, max_length=998, description="One line.")
+    body_html: str = Field(description="The HTML body, at most 1 MB.")
+    attachments: list[bytes] = Field(
+        default_factory=list, description="0 to 5 files, 5 MB each, unique safe names."
+    )
+    send_at: str | None = Field(
+        None, description="RFC 3339, in the future, at most 72 hours ahead: queued until then."
+    )
+
+
 class SendAnswer(BaseModel):
     """An accepted send."""
 
@@ -300,6 +315,8 @@ def sending_operations() -> list[Operation]:
             response=SendAnswer,
             status=201,
             errors=(*auth, 404, 409, 413, 422),
+            form=SendForm,
+            headers=("Idempotency-Key",),
             description="A multipart/form-data body: `use_case_id`, `to_address`, `subject` "
             "(1-998 characters, one line), `body_html` (at most 1 MB), up to five "
             "`attachments` files (5 MB each, unique safe names) and an optional `send_at` "
