@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import fields
+from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.domain import AggregateEvent
@@ -69,9 +70,7 @@ class EmailEvent(AggregateEvent):
 
     def chain_content(self) -> dict[str, Any]:
         """What the chain hash covers: everything the event says, and where it stands."""
-        content = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("hash", "timestamp", "originator_id"):
-            content.pop(name)
+        content = {name: getattr(self, name) for name in _chained_names(type(self))}
         content["originator_id"] = str(self.originator_id)
         content["event_type"] = str(self.event_type)
         return content
@@ -79,6 +78,14 @@ class EmailEvent(AggregateEvent):
     def computed_hash(self) -> str:
         """SHA-256 over the previous event's hash and this event's canonical content."""
         return chain_hash(self.prev_hash, self.chain_content())
+
+
+@cache
+def _chained_names(cls: type[EmailEvent]) -> tuple[str, ...]:
+    # Computed once per class: the dataclass fields the chain covers.
+    return tuple(
+        f.name for f in fields(cls) if f.name not in ("hash", "timestamp", "originator_id")
+    )
 
 
 def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
