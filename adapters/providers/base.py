@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from domain.reports import InvalidReportError, Report, format_time, normalize_time
+from domain.reports import EventType, InvalidReportError, Report, format_time, normalize_time
 
 # The custom argument / tag / metadata name under which a sender echoes mailledger's
 # own email id, so an event finds its email even without the provider's message id.
@@ -249,3 +249,22 @@ def address(value: str | None) -> str | None:
 def compact(detail: Mapping[str, Any]) -> dict[str, Any]:
     """The detail without the fields the provider did not say."""
     return {name: value for name, value in detail.items() if value is not None}
+
+
+def parse_events(
+    events: Iterable[JsonObject],
+    kind_field: str,
+    kinds: Mapping[str, EventType],
+    provider: str,
+    build: Callable[[JsonObject, EventType], Report],
+) -> Parsed:
+    """Reports of a list of provider events, in order; kinds without a meaning here are
+    listed as ignored (`provider:kind`), not refused."""
+    parsed = Parsed([])
+    for event in events:
+        kind = event.text(kind_field)
+        if kind not in kinds:
+            parsed.ignored.append(f"{provider}:{kind}")
+            continue
+        parsed.reports.append(build(event, kinds[kind]))
+    return parsed

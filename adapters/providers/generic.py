@@ -13,7 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from adapters.providers.base import (
     correlation_id,
     load_json,
     lower_headers,
+    parse_events,
     reading,
     rfc3339,
 )
@@ -92,16 +93,19 @@ def _signatures(header: str) -> list[bytes]:
 def parse(body: bytes, endpoint: Endpoint, receipt_id: str | None) -> Parsed:
     """The reports of one event object or an array of them."""
     value = load_json(body, "the body")
-    items = value if isinstance(value, list) else [value]
-    parsed = Parsed([])
-    for index, item in enumerate(items):
-        event = JsonObject.of(item, f"event[{index}]" if isinstance(value, list) else "the event")
-        kind = event.text("event_type")
-        if kind not in EVENT_TYPES:
-            parsed.ignored.append(f"{PROVIDER}:{kind}")
-            continue
-        parsed.reports.append(_report(event, EVENT_TYPES[kind], endpoint, receipt_id))
-    return parsed
+    if isinstance(value, list):
+        events: Iterable[JsonObject] = (
+            JsonObject.of(item, f"event[{i}]") for i, item in enumerate(value)
+        )
+    else:
+        events = [JsonObject.of(value, "the event")]
+    return parse_events(
+        events,
+        "event_type",
+        EVENT_TYPES,
+        PROVIDER,
+        lambda event, kind: _report(event, kind, endpoint, receipt_id),
+    )
 
 
 def _report(

@@ -32,6 +32,7 @@ from adapters.providers.base import (
     correlation_id,
     load_json,
     lower_headers,
+    parse_events,
     reading,
 )
 from domain.reports import EventType, Report
@@ -111,15 +112,13 @@ def parse(body: bytes, endpoint: Endpoint, receipt_id: str | None) -> Parsed:
     events = load_json(body, "the SendGrid body")
     if not isinstance(events, list):
         raise PayloadError("the SendGrid body must be a JSON array of events")
-    parsed = Parsed([])
-    for index, item in enumerate(events):
-        event = JsonObject.of(item, f"event[{index}]")
-        kind = event.text("event")
-        if kind not in EVENT_TYPES:
-            parsed.ignored.append(f"{PROVIDER}:{kind}")
-            continue
-        parsed.reports.append(_report(event, EVENT_TYPES[kind], endpoint, receipt_id))
-    return parsed
+    return parse_events(
+        (JsonObject.of(item, f"event[{index}]") for index, item in enumerate(events)),
+        "event",
+        EVENT_TYPES,
+        PROVIDER,
+        lambda event, kind: _report(event, kind, endpoint, receipt_id),
+    )
 
 
 def _report(
