@@ -66,3 +66,16 @@ def reports(draw: st.DrawFn, emails: int = 3) -> Report:
         provider=draw(st.sampled_from(["ses", "sendgrid"])),
         **detail,
     )
+
+
+def distinct(items: list[Report]) -> list[Report]:
+    """Each fact once: the first of any reports that share a key (transport or semantic),
+    as the ledger keeps the first to arrive."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        keys = {item.semantic_key} | ({item.scoped_transport_key} - {None})
+        if not keys & seen:
+            kept.append(item)
+        seen |= {k for k in keys if k}
+    return kept

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from domain.email import Email, verify_chain
 from domain.events import EmailEvent
 from domain.reports import Report
-from tests.factories import report, reports
+from tests.factories import distinct, report, reports
 
 RECEIVED = datetime(2025, 3, 15, 8, 0, tzinfo=UTC)
 
@@ -40,18 +40,6 @@ def facts(emails: dict[UUID, tuple[Email, list[EmailEvent]]]) -> dict[UUID, set[
         email_id: {(e.event_type, e.semantic_key, e.transport_key) for e in log}
         for email_id, (_, log) in emails.items()
     }
-
-
-def distinct(items: list[Report]) -> list[Report]:
-    """Each report once, keeping only the first of any that share a key."""
-    seen: set[str] = set()
-    kept = []
-    for item in items:
-        keys = {item.semantic_key} | ({item.scoped_transport_key} - {None})
-        if not keys & seen:
-            kept.append(item)
-        seen |= {k for k in keys if k}
-    return kept
 
 
 @settings(max_examples=150, deadline=None)
