@@ -13,7 +13,16 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_hash
-from domain.reports import EventKind, EventType, Report, SendingEventType, format_time
+from domain.reports import (
+    RELAY_PROVIDER,
+    RELAY_REJECT_PREFIX,
+    SENDER_PROVIDER,
+    EventKind,
+    EventType,
+    Report,
+    SendingEventType,
+    format_time,
+)
 
 
 def _earliest(current: str | None, candidate: str) -> str:
@@ -29,6 +38,44 @@ def _rank(event: EmailEvent) -> str:
     # then the semantic key, so the choice never depends on arrival order.
     kind = "0" if event.event_type is EventType.SENT else "1"
     return f"{kind}{event.event_at}{event.semantic_key}"
+
+
+LAST_TRIES = 3  # how many of an email's transport attempts its detail shows
+
+
+def transport_try(event: EmailEvent) -> dict[str, Any] | None:
+    """The transport attempt an event records, as `{at, outcome, response}`, or None.
+
+    An attempt is one hand-off to a transport: the sandbox's or a relay's `Dispatched`
+    (`dispatched`), and what the smtp:// transport records for a relay's answer: a 4xx
+    or no answer (`DeliveryDelay` from provider `smtp`: `deferred`), a 5xx to the
+    recipient (`Bounce` from `smtp`: `bounced`), any other refusal (`Reject` whose
+    reason starts `smtp; `: `rejected`), and the last 4xx of a retry window (`Failed`:
+    `failed`). Provider webhooks' events are never attempts of mailledger's transport.
+    """
+    kind, provider = event.event_type, event.provider
+    if kind is SendingEventType.DISPATCHED:
+        return _try(event, "dispatched", getattr(event, "smtp_response", None))
+    if kind is SendingEventType.FAILED:
+        return _try(event, "failed", getattr(event, "smtp_response", None))
+    if kind is EventType.DELIVERY_DELAY and provider == RELAY_PROVIDER:
+        return _try(event, "deferred", None)  # the 4xx reply is not kept on the delay
+    if kind is EventType.BOUNCE and provider == RELAY_PROVIDER:
+        return _try(event, "bounced", _relay_reply(getattr(event, "diagnostic_code", None)))
+    relayed = str(getattr(event, "reason", None) or "").startswith(RELAY_REJECT_PREFIX)
+    if kind is EventType.REJECT and provider == SENDER_PROVIDER and relayed:
+        return _try(event, "rejected", _relay_reply(getattr(event, "reason", None)))
+    return None
+
+
+def _try(event: EmailEvent, outcome: str, response: str | None) -> dict[str, Any]:
+    return {"at": event.event_at, "outcome": outcome, "response": response}
+
+
+def _relay_reply(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text[len(RELAY_REJECT_PREFIX) :] if text.startswith(RELAY_REJECT_PREFIX) else text
 
 
 @dataclass
@@ -75,6 +122,14 @@ class EmailView:
     dispatched_at: str | None = None
     canceled_at: str | None = None
     failed_at: str | None = None
+    # Transport attempts (see `transport_try`): how many, the latest LAST_TRIES of them
+    # (most recent first, by event_at then semantic key, which `try_keys` holds in the
+    # same order so a later event can be ranked against them), and whether a provider
+    # reported a delay (which, unlike the relay's own deferrals, means it left).
+    try_count: int = 0
+    last_tries: list[dict[str, Any]] = field(default_factory=list)
+    try_keys: list[str] = field(default_factory=list)
+    provider_delay_at: str | None = None
 
     @property
     def sent_at(self) -> str | None:
@@ -97,13 +152,19 @@ class EmailView:
             return "failed"
         if self.canceled_at:
             return "canceled"
-        if self.send_at and not (self.dispatched_at or self._heard_from_provider()):
+        if self.dispatched_at or self._heard_from_provider():
+            return "sent"
+        if self.try_count:
+            # Attempts began and none concluded: every one so far was deferred.
+            return "sending"
+        if self.send_at:
             return "queued"
         return "sent"
 
     def _heard_from_provider(self) -> bool:
-        # Any provider event means the email has left, whatever the sender recorded.
-        return bool(self.delivery_delay_at or self.first_open_at or self.first_click_at)
+        # Any provider event means the email has left, whatever the sender recorded
+        # (the relay's own deferrals are the sender's: the email has not left).
+        return bool(self.provider_delay_at or self.first_open_at or self.first_click_at)
 
     def apply(self, event: EmailEvent) -> None:
         """Fold one event in; commutative, so any order gives the same view."""
@@ -113,6 +174,22 @@ class EmailView:
         handler = _HANDLERS.get(event.event_type)
         if handler is not None:
             handler(self, event)
+        attempt = transport_try(event)
+        if attempt is not None:
+            self._apply_try(event, attempt)
+
+    def _apply_try(self, event: EmailEvent, attempt: dict[str, Any]) -> None:
+        # Keeps the LAST_TRIES greatest (event_at, semantic key): a top-k of a set, so
+        # the same whatever order the attempts arrive in.
+        self.try_count += 1
+        ranked = [
+            ((t["at"], key), t, key) for t, key in zip(self.last_tries, self.try_keys, strict=True)
+        ]
+        ranked.append(((event.event_at, event.semantic_key), attempt, event.semantic_key))
+        ranked.sort(key=lambda item: item[0], reverse=True)
+        kept = ranked[:LAST_TRIES]
+        self.last_tries = [dict(t) for _, t, _ in kept]
+        self.try_keys = [key for _, _, key in kept]
 
     def _apply_identity(self, event: EmailEvent) -> None:
         rank = _rank(event)
@@ -163,6 +240,8 @@ class EmailView:
 
     def _apply_delay(self, event: EmailEvent) -> None:
         self.delivery_delay_at = _latest(self.delivery_delay_at, event.event_at)
+        if event.provider != RELAY_PROVIDER:
+            self.provider_delay_at = _latest(self.provider_delay_at, event.event_at)
 
     def _apply_scheduled(self, event: EmailEvent) -> None:
         self.send_at = _earliest(self.send_at, getattr(event, "send_at", None) or event.event_at)
@@ -181,6 +260,8 @@ class EmailView:
         row = {name: getattr(self, name) for name in _VIEW_FIELDS}
         row["attachment_filenames"] = list(self.attachment_filenames)
         row["tags"] = dict(self.tags)
+        row["last_tries"] = [dict(t) for t in self.last_tries]
+        row["try_keys"] = list(self.try_keys)
         row["sent_at"], row["state"] = self.sent_at, self.state
         return row
 
@@ -194,6 +275,8 @@ class EmailView:
         clone = copy.copy(self)
         clone.attachment_filenames = list(self.attachment_filenames)
         clone.tags = dict(self.tags)
+        clone.last_tries = [dict(t) for t in self.last_tries]
+        clone.try_keys = list(self.try_keys)
         return clone
 
 

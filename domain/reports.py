@@ -48,6 +48,14 @@ class SendingEventType(StrEnum):
 
 EventKind = EventType | SendingEventType
 
+# Who records the sender's own events: mailledger itself, and its smtp:// transport for
+# what a relay answered (a 4xx deferral, a 5xx refusal of the recipient).
+SENDER_PROVIDER = "mailledger"
+RELAY_PROVIDER = "smtp"
+# The reason of a `Reject` the smtp:// transport records (a relay's 5xx, or a message
+# that could not be handed to the relay) starts with this.
+RELAY_REJECT_PREFIX = "smtp; "
+
 
 def event_kind(value: str) -> EventKind:
     """The kind named `value`: a provider event type, else a sending one."""

@@ -71,6 +71,12 @@ emails = Table(
     Column("dispatched_at", TIME),
     Column("canceled_at", TIME),
     Column("failed_at", TIME),
+    # Transport attempts (EmailView.try_count, last_tries, try_keys, provider_delay_at).
+    # Defaulted or nullable, so ProjectionRunner.create_tables adds them to an older table.
+    Column("try_count", Integer, nullable=False, server_default="0"),
+    Column("last_tries", JSON, nullable=False, server_default="[]"),
+    Column("try_keys", JSON, nullable=False, server_default="[]"),
+    Column("provider_delay_at", TIME),
     # The list queries: scoped by use case or setup, newest first, keyset by id.
     Index("emails_by_use_case", "workspace_id", "use_case_id", "sent_at", "id"),
     Index("emails_by_setup", "workspace_id", "setup_id", "sent_at", "id"),

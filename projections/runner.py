@@ -12,9 +12,11 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Column, Connection, Engine, Table, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.schema import CreateTable
 
 from projections.base import Positioned, Projection, metadata, tracking
 
@@ -42,6 +44,50 @@ class UnknownProjectionError(LookupError):
     """No projection has this name."""
 
 
+class SchemaUpgradeError(RuntimeError):
+    """A table lacks a column that cannot be added to it in place."""
+
+
+def add_column_ddl(conn: Connection, table: Table, column: Column[Any]) -> str:
+    """`ALTER TABLE ... ADD COLUMN ...` for a column the stored table lacks.
+
+    The column's specification (type, server default, NOT NULL) is compiled for the
+    connection's dialect, as CREATE TABLE would write it. Only a nullable column or one
+    with a server default can be added to a table that may hold rows.
+    """
+    if not column.nullable and column.server_default is None:
+        raise SchemaUpgradeError(
+            f"table {table.name!r} lacks column {column.name!r}, which is NOT NULL without "
+            "a server default and so cannot be added in place: give it a server default "
+            "(or make it nullable), or drop the table and rebuild the projection"
+        )
+    dialect = conn.dialect
+    # The compiler of the table's CREATE TABLE writes each column's specification.
+    compiler = dialect.ddl_compiler(dialect, CreateTable(table))
+    spec = compiler.get_column_specification(column)
+    return f"ALTER TABLE {dialect.identifier_preparer.format_table(table)} ADD COLUMN {spec}"
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add to each existing table of `metadata` the columns it declares but the
+    database lacks (a database made before new view columns); the `table.column`
+    names added."""
+    added: list[str] = []
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    conn.execute(text(add_column_ddl(conn, table, column)))
+                    added.append(f"{table.name}.{column.name}")
+    for name in added:
+        log.info("added column %s to an existing table", name)
+    return added
+
+
 class ProjectionRunner:
     """Follows the log for a set of projections."""
 
@@ -64,8 +110,15 @@ class ProjectionRunner:
         self.rebuild_batch_size = rebuild_batch_size
 
     def create_tables(self) -> None:
-        """Create the read-model tables and tracking rows that do not exist yet."""
+        """Create the read-model tables and tracking rows that do not exist yet, and
+        add the columns an older database's tables lack (see `add_missing_columns`)."""
         metadata.create_all(self.engine)
+        try:
+            add_missing_columns(self.engine)
+        except DBAPIError:
+            # Another process added them at the same moment: what it did is what we
+            # wanted; look again, so a real failure still shows.
+            add_missing_columns(self.engine)
         with self.engine.begin() as conn:
             known = set(conn.execute(select(tracking.c.name)).scalars())
             missing = [{"name": n, "position": 0} for n in self.projections if n not in known]

@@ -94,6 +94,21 @@ class EmailSummary(BaseModel):
     click_count: int
 
 
+class TransportTry(BaseModel):
+    """One attempt to hand the email to its transport."""
+
+    at: str = Field(description="RFC 3339 UTC.")
+    outcome: Literal["dispatched", "deferred", "bounced", "rejected", "failed"] = Field(
+        description="dispatched: the transport took it; deferred: a 4xx or no answer, "
+        "tried again later; bounced: a 5xx to the recipient; rejected: any other refusal; "
+        "failed: the last deferral of the retry window."
+    )
+    response: str | None = Field(
+        description="The relay's reply when the attempt recorded it (null for the "
+        "sandbox and for deferrals)."
+    )
+
+
 class EmailDetail(EmailSummary):
     """An email with every derived field."""
 
@@ -113,6 +128,13 @@ class EmailDetail(EmailSummary):
     first_click_at: str | None
     last_click_at: str | None
     updated_at: str | None
+    try_count: int = Field(
+        description="How many times mailledger handed the email to its transport "
+        "(0 for an email not sent through the API, or not yet tried)."
+    )
+    last_tries: list[TransportTry] = Field(
+        description="The latest three of those attempts, most recent first."
+    )
 
 
 class EmailList(BaseModel):

@@ -11,9 +11,17 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from domain.reports import EventKind, EventType, Report, SendingEventType, email_id_for
+from domain.reports import (
+    RELAY_PROVIDER,
+    SENDER_PROVIDER,
+    EventKind,
+    EventType,
+    Report,
+    SendingEventType,
+    email_id_for,
+)
 
-PROVIDER = "mailledger"
+PROVIDER = SENDER_PROVIDER
 
 
 def sent(
@@ -115,8 +123,9 @@ def relay_bounced(origin: Report, event_at: str, reply: str) -> Report:
     """The relay refused the recipient for good (a 5xx to RCPT TO): a hard bounce."""
     detail = {"bounce_type": "Permanent", "bounce_subtype": "General"}
     detail["diagnostic_code"] = f"smtp; {reply}"
-    return sender_report(origin, EventType.BOUNCE, "smtp-bounce", event_at, provider="smtp",
-                         detail=detail)  # fmt: skip
+    return sender_report(
+        origin, EventType.BOUNCE, "smtp-bounce", event_at, provider=RELAY_PROVIDER, detail=detail
+    )
 
 
 def relay_delayed(origin: Report, attempt: int, event_at: str, until: str) -> Report:
@@ -124,7 +133,7 @@ def relay_delayed(origin: Report, attempt: int, event_at: str, until: str) -> Re
     detail = {"delay_type": "TransientCommunicationFailure", "expiration_time": until}
     return sender_report(
         origin, EventType.DELIVERY_DELAY, f"smtp-attempt:{attempt}", event_at,
-        provider="smtp", detail=detail,
+        provider=RELAY_PROVIDER, detail=detail,
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from adapters.sending import lifecycle, outbox
 from adapters.sending.compose import MissingContentError, compose
 from adapters.sending.smtp import Attempt, Relay, SmtpSettings, deliver
 from adapters.storage import Storage
-from domain.reports import Report, format_time, parse_time
+from domain.reports import RELAY_REJECT_PREFIX, Report, format_time, parse_time
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def settle(
             outbox.REJECTED, tries
         )
     if attempt.kind == "rejected":
-        reason = f"smtp; {attempt.reply}"
+        reason = f"{RELAY_REJECT_PREFIX}{attempt.reply}"
         return [*accepted, lifecycle.rejected(origin, at, reason)], move(outbox.REJECTED, tries)
     deadline = parse_time(row["send_at"] or row["accepted_at"]) + settings.retry_window
     if now >= deadline:

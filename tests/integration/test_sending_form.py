@@ -4,8 +4,9 @@ of names, addresses and subjects; the download headers."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
 import pytest
@@ -13,12 +14,21 @@ import pytest
 from adapters.sending.downloads import content_disposition
 from adapters.sending.form import MAX_REQUEST, Form, read_form
 from adapters.sending.message import (
+    MAX_ATTACHMENT,
+    MAX_ATTACHMENTS,
+    MAX_BODY,
+    MAX_MESSAGE,
     MB,
+    Attachment,
+    Envelope,
     InvalidSendError,
+    SendRequest,
     TooLargeError,
+    build_message,
     check_address,
     check_filename,
     check_send_at,
+    check_size,
     check_subject,
 )
 from domain.reports import format_time, utc_now
@@ -196,3 +206,39 @@ def test_the_download_names_the_file_for_every_client() -> None:
     assert plain == 'attachment; filename="Re_sume .pdf"'
     assert unquote(extended) == 'Ré"sumé 東京.pdf'
     assert content_disposition("東京").startswith('attachment; filename="attachment"')
+
+
+# The 39 MB message limit -----------------------------------------------------------------
+
+ENVELOPE = Envelope("billing@mail.acme.example", "ann@example.com", "m1@mail.acme.example",
+                    datetime(2025, 3, 14, 19, 4, tzinfo=UTC))  # fmt: skip
+
+
+def files(count: int, size: int = MAX_ATTACHMENT) -> tuple[Attachment, ...]:
+    # Random bytes: base64 in the message, nothing compresses or shortens them.
+    return tuple(
+        Attachment(f"f{i}.bin", os.urandom(size), "application/octet-stream") for i in range(count)
+    )
+
+
+def test_the_largest_form_builds_a_message_under_39_mb() -> None:
+    # Five full attachments and a full body, encoded (base64, line breaks, headers),
+    # come to about 35.6 MB: the form's own limits cannot reach 39 MB.
+    body_html = "\u00e9" * (MAX_BODY // 2)  # 1 MB of two-byte characters
+    request = SendRequest("uc", "ann@example.com", "s" * 998, body_html, files(MAX_ATTACHMENTS))
+    size = check_size(build_message(ENVELOPE, request))
+    assert 35 * MB < size < MAX_MESSAGE
+
+
+def test_a_message_over_39_mb_is_refused_as_too_large() -> None:
+    # Past the form's limits (eight full attachments, about 54 MB once encoded), as a
+    # caller other than the form could build it: the message check still refuses it,
+    # and TooLargeError is the API's 413 (see tests/api/test_sending.py).
+    request = SendRequest("uc", "ann@example.com", "Hi", "<p>Hi</p>", files(8))
+    with pytest.raises(TooLargeError, match="larger than 39 MB"):
+        check_size(build_message(ENVELOPE, request))
+    just_over = SendRequest("uc", "ann@example.com", "Hi", "<p>Hi</p>", files(6, 5 * MB + MB // 2))
+    message = build_message(ENVELOPE, just_over)
+    assert len(message.as_bytes()) > MAX_MESSAGE
+    with pytest.raises(TooLargeError):
+        check_size(message)

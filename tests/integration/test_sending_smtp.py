@@ -173,6 +173,10 @@ class Smtp:
     def state(self, email_id: str) -> str:
         return self.storage.ledger.get_email(uuid.UUID(email_id)).view.state
 
+    def tries(self, email_id: str) -> tuple[int, list[tuple[str, str | None]]]:
+        view = self.storage.ledger.get_email(uuid.UUID(email_id)).view
+        return view.try_count, [(t["outcome"], t["response"]) for t in view.last_tries]
+
 
 def make_smtp(storage: Storage, relayed: Relayed, *, credentials: bool = True) -> Smtp:
     workspace = create_workspace(storage.engine, "Acme").workspace_id
@@ -222,6 +226,7 @@ def test_a_relay_takes_the_message_over_starttls_with_auth(smtp: Smtp, relay: Re
         "smtp_response": "250 2.0.0 Ok: queued as 4QxYz7Hk2Lz",
     }
     assert smtp.state(email_id) == "sent"
+    assert smtp.tries(email_id) == (1, [("dispatched", "250 2.0.0 Ok: queued as 4QxYz7Hk2Lz")])
     ((mail_from, rcpt_tos, content),) = relay.inbox.messages
     assert (mail_from, rcpt_tos) == ("billing@mail.acme.example", ["ann@example.com"])
     assert relay.inbox.sessions == [(True, True)]
@@ -258,6 +263,10 @@ def test_a_refused_recipient_is_a_hard_bounce_and_suppresses(smtp: Smtp) -> None
     assert bounce.detail()["bounce_type"] == "Permanent"
     assert "550 5.1.1" in bounce.detail()["diagnostic_code"]
     assert smtp.state(email_id) == "bounced"
+    ((outcome, reply),) = smtp.tries(email_id)[1]
+    assert outcome == "bounced"
+    assert reply is not None
+    assert reply.startswith("550 5.1.1")
     smtp.run()  # the next pass follows the log into the suppression list
     assert is_suppressed(smtp.storage.reader, smtp.use_case.workspace_id, "unknown@example.com")
 
@@ -268,6 +277,7 @@ def test_a_5xx_to_the_message_is_a_reject(smtp: Smtp) -> None:
     assert smtp.kinds(email_id) == ["Sent", "Reject"]
     assert smtp.last(email_id).detail() == {"reason": "smtp; 554 5.7.1 message refused by policy"}
     assert smtp.state(email_id) == "rejected"
+    assert smtp.tries(email_id) == (1, [("rejected", "554 5.7.1 message refused by policy")])
 
 
 def test_a_4xx_is_retried_with_backoff_then_failed_after_the_window(smtp: Smtp) -> None:
@@ -277,6 +287,8 @@ def test_a_4xx_is_retried_with_backoff_then_failed_after_the_window(smtp: Smtp) 
     delay = smtp.last(email_id)
     assert delay.provider == "smtp"
     assert delay.detail()["delay_type"] == "TransientCommunicationFailure"
+    assert smtp.state(email_id) == "sending"
+    assert smtp.tries(email_id) == (1, [("deferred", None)])
     smtp.run()  # not due yet: the first retry waits a minute
     assert smtp.kinds(email_id) == ["Sent", "DeliveryDelay"]
     waits = []
@@ -296,6 +308,9 @@ def test_a_4xx_is_retried_with_backoff_then_failed_after_the_window(smtp: Smtp) 
     failed = smtp.last(email_id).detail()
     assert failed["smtp_response"] == "451 4.7.1 greylisted, try again later"
     assert smtp.state(email_id) == "failed"
+    count, last = smtp.tries(email_id)
+    assert count == len(smtp.kinds(email_id)) - 1
+    assert last == [("failed", "451 4.7.1 greylisted, try again later")] + [("deferred", None)] * 2
 
 
 def test_an_unreachable_relay_is_retried(storage: Storage, relay: Relayed) -> None:

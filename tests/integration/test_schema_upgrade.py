@@ -1,0 +1,116 @@
+"""Opening a database made before new view columns adds them (ALTER TABLE ... ADD
+COLUMN), on both stores, so the projections work again without manual SQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text, update
+
+from adapters.settings import parse_database_url
+from adapters.storage import Storage, open_storage
+from domain.reports import Report, event_kind
+from projections.base import tracking
+from projections.emails import emails, get_email_row
+from projections.runner import SchemaUpgradeError, add_column_ddl
+
+WORKSPACE = "6f1f2a4e-0000-4000-8000-000000000002"
+NEW_COLUMNS = ("try_count", "last_tries", "try_keys", "provider_delay_at")
+
+
+def make(kind: str, minute: int, provider: str = "mailledger", **detail: object) -> Report:
+    return Report(
+        workspace_id=WORKSPACE,
+        event_type=event_kind(kind),
+        provider=provider,
+        message_id="msg-upgrade",
+        to_address="rcpt@example.com",
+        event_at=f"2025-03-14T19:0{minute}:00Z",
+        detail=detail,
+    )
+
+
+def deferral(minute: int) -> Report:
+    return make("DeliveryDelay", minute, "smtp", delay_type="TransientCommunicationFailure")
+
+
+def columns(store: Storage) -> set[str]:
+    with store.engine.connect() as conn:
+        return {column["name"] for column in inspect(conn).get_columns("emails")}
+
+
+def row_of(store: Storage, email_id: uuid.UUID) -> dict[str, object]:
+    with store.reader.connect() as conn:
+        row = get_email_row(conn, WORKSPACE, str(email_id))
+    assert row is not None
+    return dict(row)
+
+
+def test_an_older_emails_table_made_by_hand_gets_the_new_columns(database_url: str) -> None:
+    database = parse_database_url(database_url)
+    store = open_storage(database)
+    try:
+        (outcome, *_) = store.ledger.record([make("Sent", 0), deferral(1), deferral(2)])
+        # The emails table as a release before the new columns made it, and its
+        # projection to be followed again from the start.
+        old = MetaData()
+        Table("emails", old, *(c._copy() for c in emails.columns if c.name not in NEW_COLUMNS))
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP TABLE emails"))
+            old.create_all(conn)
+            conn.execute(update(tracking).where(tracking.c.name == "emails").values(position=0))
+        assert not set(NEW_COLUMNS) & columns(store)
+    finally:
+        store.close()
+
+    store = open_storage(database)  # no manual SQL in between
+    try:
+        assert set(NEW_COLUMNS) <= columns(store)
+        store.runner.catch_up_all()
+        row = row_of(store, outcome.email_id)
+        assert (row["state"], row["try_count"]) == ("sending", 2)
+        assert row == store.ledger.get_email(outcome.email_id).view.as_row()
+    finally:
+        store.close()
+
+
+def test_dropped_columns_come_back_with_their_defaults_on_rows_kept(database_url: str) -> None:
+    database = parse_database_url(database_url)
+    store = open_storage(database)
+    try:
+        (outcome, *_) = store.ledger.record([make("Sent", 0), deferral(1)])
+        store.runner.catch_up_all()
+        with store.engine.begin() as conn:
+            for name in NEW_COLUMNS:
+                conn.execute(text(f"ALTER TABLE emails DROP COLUMN {name}"))
+    finally:
+        store.close()
+
+    store = open_storage(database)
+    try:
+        row = row_of(store, outcome.email_id)
+        assert (row["try_count"], row["last_tries"], row["provider_delay_at"]) == (0, [], None)
+        store.ledger.record([deferral(2)])
+        store.runner.catch_up_all()  # the projection writes the new columns again
+        assert row_of(store, outcome.email_id)["try_count"] == 1  # stale until a rebuild
+        store.runner.rebuild("emails")
+        row = row_of(store, outcome.email_id)
+        assert (row["state"], row["try_count"]) == ("sending", 2)
+        assert row == store.ledger.get_email(outcome.email_id).view.as_row()
+        # Opening an up-to-date database again changes nothing.
+        store.runner.create_tables()
+        with store.reader.connect() as conn:
+            assert conn.execute(select(emails.c.try_count)).scalars().all() == [2]
+    finally:
+        store.close()
+
+
+def test_a_not_null_column_without_a_default_is_refused_clearly(storage: Storage) -> None:
+    table = Table("emails_future", MetaData(), Column("rank", Integer, nullable=False))
+    with storage.engine.connect() as conn, pytest.raises(SchemaUpgradeError, match="rank"):
+        add_column_ddl(conn, table, table.c.rank)
+    nullable = Table("emails_future", MetaData(), Column("rank", Integer))
+    with storage.engine.connect() as conn:
+        ddl = add_column_ddl(conn, nullable, nullable.c.rank)
+    assert ddl == "ALTER TABLE emails_future ADD COLUMN rank INTEGER"
