@@ -8,8 +8,9 @@ secrets), so only internal code sees them; the HTTP layer chooses what to show.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     Row,
+    Select,
     String,
     Table,
     Text,
@@ -29,6 +31,8 @@ from sqlalchemy.exc import IntegrityError
 from adapters.dns import DkimKey
 from adapters.workspaces import admin_metadata
 from domain.reports import format_time, utc_now
+
+T = TypeVar("T")
 
 email_setups = Table(
     "email_setups",
@@ -121,6 +125,19 @@ class InboundEndpoint:
     created_at: str
 
 
+def _one(engine: Engine, query: Select[Any], convert: Callable[[Row[Any]], T]) -> T | None:
+    """The first row the query finds, converted, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else convert(row)
+
+
+def _many(engine: Engine, query: Select[Any], convert: Callable[[Row[Any]], T]) -> list[T]:
+    """Every row the query finds, converted."""
+    with engine.connect() as conn:
+        return [convert(row) for row in conn.execute(query)]
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -192,9 +209,7 @@ def get_setup(engine: Engine, workspace_id: str, setup_id: str) -> Setup | None:
     query = select(email_setups).where(
         email_setups.c.id == setup_id, email_setups.c.workspace_id == workspace_id
     )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return None if row is None else _setup(row)
+    return _one(engine, query, _setup)
 
 
 def find_setup_by_domain(engine: Engine, workspace_id: str, domain: str) -> Setup | None:
@@ -202,9 +217,7 @@ def find_setup_by_domain(engine: Engine, workspace_id: str, domain: str) -> Setu
     query = select(email_setups).where(
         email_setups.c.workspace_id == workspace_id, email_setups.c.domain == domain.lower()
     )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return None if row is None else _setup(row)
+    return _one(engine, query, _setup)
 
 
 def list_setups(engine: Engine, workspace_id: str) -> list[Setup]:
@@ -214,8 +227,7 @@ def list_setups(engine: Engine, workspace_id: str) -> list[Setup]:
         .where(email_setups.c.workspace_id == workspace_id)
         .order_by(email_setups.c.created_at, email_setups.c.id)
     )
-    with engine.connect() as conn:
-        return [_setup(row) for row in conn.execute(query)]
+    return _many(engine, query, _setup)
 
 
 def set_dns_verified(engine: Engine, setup_id: str, verified: bool) -> None:
@@ -259,9 +271,7 @@ def get_use_case(engine: Engine, workspace_id: str, use_case_id: str) -> UseCase
     query = select(use_cases).where(
         use_cases.c.id == use_case_id, use_cases.c.workspace_id == workspace_id
     )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return None if row is None else _use_case(row)
+    return _one(engine, query, _use_case)
 
 
 def list_use_cases(engine: Engine, workspace_id: str) -> list[UseCase]:
@@ -271,8 +281,7 @@ def list_use_cases(engine: Engine, workspace_id: str) -> list[UseCase]:
         .where(use_cases.c.workspace_id == workspace_id)
         .order_by(use_cases.c.created_at, use_cases.c.id)
     )
-    with engine.connect() as conn:
-        return [_use_case(row) for row in conn.execute(query)]
+    return _many(engine, query, _use_case)
 
 
 def create_endpoint(
@@ -294,9 +303,7 @@ def create_endpoint(
 def get_endpoint(engine: Engine, endpoint_id: str) -> InboundEndpoint | None:
     """The endpoint a webhook URL names, whichever workspace owns it."""
     query = select(inbound_endpoints).where(inbound_endpoints.c.id == endpoint_id)
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return None if row is None else _endpoint(row)
+    return _one(engine, query, _endpoint)
 
 
 def get_workspace_endpoint(
@@ -314,5 +321,4 @@ def list_endpoints(engine: Engine, workspace_id: str) -> list[InboundEndpoint]:
         .where(inbound_endpoints.c.workspace_id == workspace_id)
         .order_by(inbound_endpoints.c.created_at, inbound_endpoints.c.id)
     )
-    with engine.connect() as conn:
-        return [_endpoint(row) for row in conn.execute(query)]
+    return _many(engine, query, _endpoint)
