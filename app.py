@@ -48,7 +48,11 @@ def create_app(
         store = storage
         if store is None:
             store = await run_in_threadpool(
-                open_storage, settings.database, batch_size=settings.projection_batch_size
+                lambda: open_storage(
+                    settings.database,
+                    batch_size=settings.projection_batch_size,
+                    cache_size=settings.cache_size,
+                )
             )
         app.state.storage = store
         committer = GroupCommitter(store)

@@ -84,7 +84,11 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         settings = Settings.from_env()
-        storage = open_storage(settings.database, batch_size=settings.projection_batch_size)
+        storage = open_storage(
+            settings.database,
+            batch_size=settings.projection_batch_size,
+            cache_size=settings.cache_size,
+        )
     except (SettingsError, StorageUnavailableError) as error:
         print(f"mailledger: error: {error}", file=sys.stderr)
         return EXIT_USAGE

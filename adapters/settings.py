@@ -105,6 +105,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     projection_interval: float = 0.2
     projection_batch_size: int = 1000
+    cache_size: int = 20_000
     sns_cert_dir: Path | None = None
     database: Database = field(init=False)
 
@@ -119,6 +120,7 @@ class Settings:
             database_url=env.get("MAILLEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL,
             projection_interval=_number(env, "MAILLEDGER_PROJECTION_INTERVAL", 0.2),
             projection_batch_size=int(_number(env, "MAILLEDGER_PROJECTION_BATCH_SIZE", 1000)),
+            cache_size=int(_number(env, "MAILLEDGER_CACHE_SIZE", 20_000)),
             sns_cert_dir=Path(env["MAILLEDGER_SNS_CERT_DIR"])
             if env.get("MAILLEDGER_SNS_CERT_DIR")
             else None,

@@ -230,13 +230,17 @@ def open_storage(
     database: Database,
     *,
     batch_size: int = 1000,
+    cache_size: int | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Storage:
     """Open (and on first start, create) everything the service stores."""
     check_reachable(database)
+    env = dict(database.eventsourcing_env)
+    if cache_size is not None:
+        env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
     try:
         ledger = EmailLedger(
-            dict(database.eventsourcing_env),
+            env,
             transcoder=OrjsonTranscoder(),
             clock=clock,
             bulk_select=bulk_select,
