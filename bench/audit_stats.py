@@ -10,12 +10,8 @@
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +25,7 @@ from adapters.audit import verify_ledger
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
 from adapters.workspaces import create_workspace
+from bench.served import served
 from projections.analytics import DAILY_DOMAINS, HOURLY, SUMS, Rollup, email_analytics
 
 USE_CASES = [str(uuid.UUID(int=i + 1)) for i in range(4)]
@@ -36,12 +33,6 @@ SETUPS = [str(uuid.UUID(int=i + 101)) for i in range(2)]
 DOMAINS = [f"mail{i}.example" for i in range(18)] + ["gmail.com", "outlook.com"]
 DAYS = 90
 START = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_audit(url: str) -> float:
@@ -137,41 +128,25 @@ def fill_analytics(url: str, count: int) -> tuple[str, str]:
 
 def measure_stats(url: str, workspace_id: str, key: str, requests: int) -> dict[str, float]:
     """p50/p99 of a 30-day window of one use case grouped by day, through uvicorn."""
-    port = _free_port()
-    env = dict(os.environ, MAILLEDGER_DATABASE_URL=url)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     rng = random.Random(5)
     samples: list[float] = []
-    try:
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
-            for _ in range(200):
-                try:
-                    client.get("/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            for n in range(requests + 20):
-                first = START + timedelta(days=rng.randrange(DAYS - 30))
-                params = {
-                    "use_case_id": rng.choice(USE_CASES),
-                    "from": _time(first),
-                    "to": _time(first + timedelta(days=30)),
-                    "group_by": "day",
-                }
-                started = time.perf_counter()
-                response = client.get(f"/v1/{workspace_id}/email/stats", params=params)
-                elapsed = time.perf_counter() - started
-                assert response.status_code == 200, response.text
-                assert len(response.json()["groups"]) == 30
-                if n >= 20:
-                    samples.append(elapsed)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    headers = {"Authorization": f"Bearer {key}"}
+    with served(url) as base, httpx.Client(base_url=base, headers=headers) as client:
+        for n in range(requests + 20):
+            first = START + timedelta(days=rng.randrange(DAYS - 30))
+            params = {
+                "use_case_id": rng.choice(USE_CASES),
+                "from": _time(first),
+                "to": _time(first + timedelta(days=30)),
+                "group_by": "day",
+            }
+            started = time.perf_counter()
+            response = client.get(f"/v1/{workspace_id}/email/stats", params=params)
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            assert len(response.json()["groups"]) == 30
+            if n >= 20:
+                samples.append(elapsed)
     return {
         "stats_p50_ms": round(statistics.median(samples) * 1000, 2),
         "stats_p99_ms": round(statistics.quantiles(samples, n=100)[98] * 1000, 2),

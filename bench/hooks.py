@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,16 +30,11 @@ from adapters.providers.sns import string_to_sign
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
 from adapters.workspaces import create_workspace
+from bench.served import served
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:bench"
 CERT_NAME = "SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"
 CERT_URL = f"https://sns.us-east-1.amazonaws.com/{CERT_NAME}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _certificate(key: rsa.RSAPrivateKey) -> bytes:
@@ -150,23 +144,10 @@ def measure(url: str, batches: int, singles: int) -> dict[str, float]:
     )
     with tempfile.TemporaryDirectory() as cert_dir:
         Path(cert_dir, CERT_NAME).write_bytes(_certificate(rsa_key))
-        port = _free_port()
-        env = dict(os.environ, MAILLEDGER_DATABASE_URL=url, MAILLEDGER_SNS_CERT_DIR=cert_dir)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
+        with served(url, MAILLEDGER_SNS_CERT_DIR=cert_dir) as base:
             with httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {made.api_key}"}
             ) as client:
-                for _ in range(200):
-                    try:
-                        client.get("/healthz", timeout=1)
-                        break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
                 inbound = f"/v1/{made.workspace_id}/email/inbound"
                 sendgrid = client.post(
                     inbound,
@@ -179,9 +160,6 @@ def measure(url: str, batches: int, singles: int) -> dict[str, float]:
                 base, sendgrid, [_sendgrid_request(ec_key, n, 1000) for n in range(batches)], 2
             )
             single = _load(base, ses, [_sns_request(rsa_key, n) for n in range(singles)], 64)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     return {
         "http_batch_events_per_s": round(batches * 1000 / batch["seconds"]),
         "http_single_requests_per_s": round(singles / single["seconds"]),

@@ -8,12 +8,8 @@ states in realistic proportions, five events per email.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -21,10 +17,13 @@ from typing import Any
 import httpx2 as httpx
 import orjson
 import psycopg
+from sqlalchemy import JSON
 
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
 from adapters.workspaces import create_workspace
+from bench.served import served
+from domain.email import EmailView
 from projections.emails import emails
 from projections.events import email_events
 
@@ -47,9 +46,9 @@ def _email_row(i: int, workspace_id: str, rng: random.Random) -> dict[str, Any]:
     sent = _time(i * 7 % (300 * 86_400))
     state = rng.choice(STATES)
     later = _time(i * 7 % (300 * 86_400) + 30)
-    return {
-        "id": str(uuid.UUID(int=i + 1_000_000_000)),
-        "workspace_id": workspace_id,
+    email_id = str(uuid.UUID(int=i + 1_000_000_000))
+    # Every column the view has, at its default; then what this email says.
+    return EmailView(id=email_id, workspace_id=workspace_id).as_row() | {
         "message_id": f"bench-{i}",
         "to_address": f"user{i % 50_000}@example{i % 7}.com",
         "from_address": "news@shop.example",
@@ -88,12 +87,12 @@ def _email_row(i: int, workspace_id: str, rng: random.Random) -> dict[str, Any]:
 
 def _copy(conn: psycopg.Connection[Any], table: Any, rows: Any) -> None:
     names = [c.name for c in table.columns]
-    as_json = {"attachment_filenames", "tags", "detail"}
+    as_json = {c.name for c in table.columns if isinstance(c.type, JSON)}
     columns = ", ".join(f'"{n}"' for n in names)
     with conn.cursor().copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
         for row in rows:
             copy.write_row(
-                [orjson.dumps(row[n]).decode() if n in as_json else row.get(n) for n in names]
+                [orjson.dumps(row[n]).decode() if n in as_json else row[n] for n in names]
             )
 
 
@@ -137,12 +136,6 @@ def fill(url: str, email_count: int, events_per_email: int) -> tuple[str, str, l
     return made.workspace_id, made.api_key, ids
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98] * 1000
 
@@ -151,45 +144,31 @@ def measure(
     url: str, workspace_id: str, key: str, ids: list[str], requests: int
 ) -> dict[str, float]:
     """p50/p99 of list (page of 50, state filter) and detail, through uvicorn."""
-    port = _free_port()
-    env = dict(os.environ, MAILLEDGER_DATABASE_URL=url)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     rng = random.Random(3)
-    try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
-            for _ in range(200):
-                try:
-                    client.get("/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            lists: list[float] = []
-            details: list[float] = []
-            for n in range(requests + 50):
-                params: dict[str, str | int] = {
-                    "use_case_id": rng.choice(USE_CASES),
-                    "state": rng.choice(STATES),
-                    "limit": 50,
-                }
-                started = time.perf_counter()
-                response = client.get(f"/v1/{workspace_id}/email", params=params)
-                elapsed = time.perf_counter() - started
-                assert response.status_code == 200, response.text
-                if n >= 50:
-                    lists.append(elapsed)
-                started = time.perf_counter()
-                response = client.get(f"/v1/{workspace_id}/email/{ids[n % len(ids)]}")
-                elapsed = time.perf_counter() - started
-                assert response.status_code == 200, response.text
-                if n >= 50:
-                    details.append(elapsed)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with (
+        served(url) as base,
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        lists: list[float] = []
+        details: list[float] = []
+        for n in range(requests + 50):
+            params: dict[str, str | int] = {
+                "use_case_id": rng.choice(USE_CASES),
+                "state": rng.choice(STATES),
+                "limit": 50,
+            }
+            started = time.perf_counter()
+            response = client.get(f"/v1/{workspace_id}/email", params=params)
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            if n >= 50:
+                lists.append(elapsed)
+            started = time.perf_counter()
+            response = client.get(f"/v1/{workspace_id}/email/{ids[n % len(ids)]}")
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            if n >= 50:
+                details.append(elapsed)
     return {
         "list_p50_ms": round(statistics.median(lists) * 1000, 2),
         "list_p99_ms": round(_p99(lists), 2),

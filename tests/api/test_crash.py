@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,41 +13,20 @@ import httpx2 as httpx
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
 from adapters.workspaces import create_workspace
+from bench.served import free_port, start
 from tests.unit.providers import signing
 
 ROOT = Path(__file__).parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, MAILLEDGER_DATABASE_URL=url)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(200):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the service did not start")
 
 
 def test_killed_mid_batch_then_retried_records_every_event_once(database_url: str) -> None:
     store = open_storage(parse_database_url(database_url))
     made = create_workspace(store.engine, "crash")
     store.close()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {made.api_key}"}
-    server = _serve(database_url, port)
+    server = start(database_url, port)
     try:
         url = httpx.post(
             f"{base}/v1/{made.workspace_id}/email/inbound",
@@ -90,7 +65,7 @@ def test_killed_mid_batch_then_retried_records_every_event_once(database_url: st
         sender.join(timeout=60)
         assert answers in ([0], [200])  # killed before answering, or done just before
 
-        server = _serve(database_url, port)
+        server = start(database_url, port)
         post()  # the provider retries the same delivery
         assert answers[-1] == 200
     finally:

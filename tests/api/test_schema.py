@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,42 +21,22 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from bench.served import served as service
+
 ROOT = Path(__file__).parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The real service under uvicorn on a temporary SQLite database, and a workspace."""
-    database = tmp_path_factory.mktemp("schema") / "served.db"
-    env = dict(os.environ, MAILLEDGER_DATABASE_URL=f"sqlite:///{database}")
+    url = f"sqlite:///{tmp_path_factory.mktemp('schema') / 'served.db'}"
     made = subprocess.run(
         [sys.executable, "-m", "app", "workspace", "create", "Schema", "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+        env=dict(os.environ, MAILLEDGER_DATABASE_URL=url),
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
-    workspace = json.loads(made.stdout)
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield {"base": base, **workspace}
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with service(url) as base:
+        yield {"base": base, **json.loads(made.stdout)}
 
 
 CHECKS = [

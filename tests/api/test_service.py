@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from starlette.testclient import TestClient
 from adapters.settings import Settings, parse_database_url
 from adapters.storage import Storage, make_engine
 from app import create_app
+from bench.served import free_port
 
 
 @pytest.fixture
@@ -61,14 +61,8 @@ def test_healthz_is_503_while_the_database_is_down_and_recovers(
     assert client.get("/healthz").status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_listens_and_says_where(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MAILLEDGER_DATABASE_URL=f"sqlite:///{tmp_path / 'served.db'}")
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port)],

@@ -1,0 +1,53 @@
+"""The service under uvicorn in its own process, for benchmarks and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2 as httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """`mailledger serve` on `port` over the database `url`, once /healthz answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        env=dict(os.environ, MAILLEDGER_DATABASE_URL=url, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return process
+        except httpx.TransportError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+    process.kill()
+    process.wait(timeout=10)
+    raise RuntimeError(f"the service on port {port} never answered /healthz")
+
+
+@contextmanager
+def served(url: str, **env: str) -> Iterator[str]:
+    """The service on a free port for the length of the block; its base URL."""
+    port = free_port()
+    process = start(url, port, **env)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
