@@ -8,6 +8,7 @@ reply or a lost connection is retried with backoff until the retry window closes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -118,7 +119,21 @@ async def deliver(
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
         return Attempt("retry", f"connection: {error or type(error).__name__}")
     finally:
-        if client.is_connected:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                await client.quit()
-            client.close()
+        await _hang_up(client)
+
+
+async def _hang_up(client: aiosmtplib.SMTP) -> None:
+    """QUIT, then drop the socket at once and let the loop see it go.
+
+    A TLS close waits for the relay's close_notify, which may come after the caller's
+    event loop has ended; the socket would then be left open until garbage collection.
+    Once QUIT is answered (or the conversation failed) nothing more is owed to the relay.
+    """
+    transport = client.transport
+    if client.is_connected:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await client.quit()
+        client.close()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+        await asyncio.sleep(0)  # the loop runs connection_lost, which frees the socket

@@ -3,11 +3,15 @@ provider id of the 250 reply, DKIM, 4xx retries until the window closes, 5xx out
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
 import ipaddress
 import socket
 import ssl
+import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,7 +32,7 @@ from adapters import admin_store
 from adapters.dns import generate_dkim_key
 from adapters.sending.accept import Sender
 from adapters.sending.message import SendRequest
-from adapters.sending.smtp import Relay, SmtpSettings, provider_id
+from adapters.sending.smtp import Attempt, Relay, SmtpSettings, deliver, provider_id
 from adapters.sending.suppression import is_suppressed
 from adapters.sending.worker import SendWorker
 from adapters.storage import Storage
@@ -364,3 +368,76 @@ def test_relay_urls_are_parsed() -> None:
     assert Relay.parse("smtp://mail.example") == Relay("mail.example", 587)
     with pytest.raises(ValueError, match="smtp"):
         Relay.parse("sandbox")
+
+
+def silent_closer(certificate: tuple[Path, Path], done: threading.Event) -> int:
+    """A relay that takes one message over STARTTLS, answers QUIT, and then never reads
+    again: the client's TLS close_notify is never answered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(*certificate)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        channel: Any = conn
+        pending = b""
+
+        def line() -> bytes:
+            nonlocal pending
+            while b"\r\n" not in pending:
+                pending += channel.recv(65536)
+            first, pending = pending.split(b"\r\n", 1)
+            return first
+
+        channel.sendall(b"220 silent ESMTP\r\n")
+        while True:
+            verb = line().split(b" ", 1)[0].upper()
+            if verb == b"EHLO":
+                starttls = b"" if channel is not conn else b"250-STARTTLS\r\n"
+                channel.sendall(b"250-silent\r\n" + starttls + b"250 8BITMIME\r\n")
+            elif verb == b"STARTTLS":
+                channel.sendall(b"220 go ahead\r\n")
+                channel = server_tls.wrap_socket(conn, server_side=True)
+            elif verb == b"DATA":
+                channel.sendall(b"354 go on\r\n")
+                while line() != b".":
+                    pass
+                channel.sendall(b"250 2.0.0 Ok: queued as SILENT123\r\n")
+            elif verb == b"QUIT":
+                channel.sendall(b"221 bye\r\n")
+                break
+            else:
+                channel.sendall(b"250 OK\r\n")
+        done.wait(30)
+        channel.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+def test_no_socket_is_left_open_when_the_relay_never_closes_its_tls(
+    certificate: tuple[Path, Path],
+) -> None:
+    done = threading.Event()
+    port = silent_closer(certificate, done)
+    settings = SmtpSettings(
+        timeout=5, tls_context=ssl.create_default_context(cafile=str(certificate[0]))
+    )
+    try:
+        attempt = asyncio.run(
+            deliver(
+                Relay("127.0.0.1", port),
+                "a@mail.acme.example",
+                "b@example.com",
+                b"Hi\r\n",
+                settings,
+            )
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+    finally:
+        done.set()
+    assert attempt == Attempt("sent", "250 2.0.0 Ok: queued as SILENT123", "SILENT123")
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
