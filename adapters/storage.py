@@ -15,12 +15,14 @@ import psycopg
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 from sqlalchemy import Column, Engine, String, Table, create_engine, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
+from adapters import canonical
 from adapters.sending import tables as sending_tables  # noqa: F401 (defines tables too)
 from adapters.settings import Database
 from adapters.workspaces import admin_metadata
@@ -171,6 +173,33 @@ def notification_reader(ledger: EmailLedger) -> Callable[[int, int], Sequence[Po
     return read_after
 
 
+# One stored event as the log holds it: (position, email id as text, version, topic,
+# state as stored). Reading these, rather than the library's Notification objects, skips
+# building a UUID and an object per row for walks over the whole log.
+LogRow = tuple[int, str, int, str, bytes]
+
+
+def read_log(recorder: ApplicationRecorder, after: int, limit: int) -> list[LogRow]:
+    """Up to `limit` stored events after position `after`, in log order."""
+    if isinstance(recorder, PostgresApplicationRecorder):
+        statement = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state "
+            "FROM {}.{} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+        with (
+            recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+        ):
+            cursor.execute(statement, (after, limit))
+            return cursor.fetchall()
+    notifications = recorder.select_notifications(
+        start=after, limit=limit, inclusive_of_start=False
+    )
+    return [
+        (n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in notifications
+    ]
+
+
 SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
 
 
@@ -234,6 +263,7 @@ def open_storage(
     clock: Callable[[], datetime] = utc_now,
 ) -> Storage:
     """Open (and on first start, create) everything the service stores."""
+    canonical.install()
     check_reachable(database)
     env = dict(database.eventsourcing_env)
     if cache_size is not None:

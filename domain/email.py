@@ -12,7 +12,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_hash
+from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_content, chain_hash
 from domain.reports import (
     RELAY_PROVIDER,
     RELAY_REJECT_PREFIX,
@@ -352,8 +352,8 @@ class Email(Aggregate):
             "prev_hash": self.last_hash,
             **report.full_detail(),
         }
-        content = dict(attributes, originator_version=self.version + 1)
-        content["originator_id"], content["event_type"] = str(self.id), str(report.event_type)
+        values = dict(attributes, originator_version=self.version + 1)
+        content = chain_content(event_class, values, str(self.id))
         attributes["hash"] = chain_hash(self.last_hash, content)
         self.trigger_event(event_class, timestamp=received_at, **attributes)
         return True
@@ -373,10 +373,8 @@ def verify_chain(events: list[EmailEvent]) -> tuple[int, str, str] | None:
     """The first broken link of a log as (version, expected, found), or None if it holds."""
     prev = GENESIS_HASH
     for event in events:
-        if event.prev_hash != prev:
-            return event.originator_version, prev, event.prev_hash
-        expected = event.computed_hash()
-        if expected != event.hash:
-            return event.originator_version, expected, event.hash
+        broken = event.link_error(prev)
+        if broken is not None:
+            return event.originator_version, *broken
         prev = event.hash
     return None

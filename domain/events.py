@@ -8,6 +8,7 @@ text of fixed width, so comparing them as text compares the moments).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import fields
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -70,14 +71,15 @@ class EmailEvent(AggregateEvent):
 
     def chain_content(self) -> dict[str, Any]:
         """What the chain hash covers: everything the event says, and where it stands."""
-        content = {name: getattr(self, name) for name in _chained_names(type(self))}
-        content["originator_id"] = str(self.originator_id)
-        content["event_type"] = str(self.event_type)
-        return content
+        return chain_content(type(self), self.__dict__, str(self.originator_id))
 
     def computed_hash(self) -> str:
         """SHA-256 over the previous event's hash and this event's canonical content."""
         return chain_hash(self.prev_hash, self.chain_content())
+
+    def link_error(self, prev: str) -> tuple[str, str] | None:
+        """(expected, found) when this event does not follow an event hashed `prev`."""
+        return link_error(type(self), self.__dict__, str(self.originator_id), prev)
 
 
 @cache
@@ -91,6 +93,30 @@ def _chained_names(cls: type[EmailEvent]) -> tuple[str, ...]:
 def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
     """The hash that links an event to the one before it."""
     return hashlib.sha256(prev_hash.encode() + canonical_json(content)).hexdigest()
+
+
+def chain_content(
+    cls: type[EmailEvent], values: Mapping[str, Any], originator_id: str
+) -> dict[str, Any]:
+    """What the chain hash of an event of class `cls` covers, from its attribute values
+    (an event's own, or a stored event's decoded state with its version added)."""
+    content = {name: values[name] for name in _chained_names(cls)}
+    content["originator_id"] = originator_id
+    content["event_type"] = str(cls.event_type)
+    return content
+
+
+def link_error(
+    cls: type[EmailEvent], values: Mapping[str, Any], originator_id: str, prev: str
+) -> tuple[str, str] | None:
+    """(expected, found) when the event with these values does not follow an event
+    hashed `prev` (its prev_hash names another, or its own hash is not what it says)."""
+    if values["prev_hash"] != prev:
+        return prev, values["prev_hash"]
+    expected = chain_hash(prev, chain_content(cls, values, originator_id))
+    if expected != values["hash"]:
+        return expected, values["hash"]
+    return None
 
 
 class Sent(EmailEvent):

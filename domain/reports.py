@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -128,9 +128,25 @@ def normalize_time(text: str) -> str:
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical_json(value: Any) -> bytes:
-    """Deterministic JSON: sorted keys, no spaces, UTF-8. Used for keys and hashes."""
+def standard_canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8. This defines the bytes that
+    keys and chain hashes are computed over."""
     return _CANONICAL.encode(value).encode()
+
+
+_encoder: Callable[[Any], bytes] = standard_canonical_json
+
+
+def use_canonical_encoder(encoder: Callable[[Any], bytes]) -> None:
+    """Compute canonical JSON with `encoder` from now on: a faster one that must write
+    exactly the bytes `standard_canonical_json` writes (a stored hash depends on them)."""
+    global _encoder  # noqa: PLW0603 (one encoder per process, chosen at start)
+    _encoder = encoder
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON (see `standard_canonical_json`). Used for keys and hashes."""
+    return _encoder(value)
 
 
 def email_id_for(workspace_id: str, message_id: str, to_address: str) -> uuid.UUID:
