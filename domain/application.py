@@ -198,6 +198,21 @@ class EmailLedger(Application[UUID]):
             raise EmailNotFoundError(email_id)
         return events
 
+    def read_history(self, email_id: UUID) -> tuple[list[EmailEvent], bool]:
+        """Every stored event of the email that still reads as one, in log order, and
+        whether all of them did (a stored event changed behind the ledger's back may no
+        longer decode, or may lack a field)."""
+        stored = self.recorder.select_events(email_id)
+        if not stored:
+            raise EmailNotFoundError(email_id)
+        events: list[EmailEvent] = []
+        for record in stored:
+            with contextlib.suppress(Exception):  # whatever tampered bytes make it raise
+                event = self.mapper.to_domain_event(record)
+                if isinstance(event, EmailEvent) and event.is_whole():
+                    events.append(event)
+        return events, len(events) == len(stored)
+
     def find_broken_link(self, email_id: UUID) -> tuple[int, str, str] | None:
         """The first event whose chain hash does not hold, or None."""
         return verify_chain(self.get_history(email_id))

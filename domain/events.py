@@ -77,6 +77,11 @@ class EmailEvent(AggregateEvent):
         """SHA-256 over the previous event's hash and this event's canonical content."""
         return chain_hash(self.prev_hash, self.chain_content())
 
+    def is_whole(self) -> bool:
+        """Whether the event has every field of its class (one read back from changed
+        stored bytes may not)."""
+        return all(name in self.__dict__ for name in (*_chained_names(type(self)), "hash"))
+
     def link_error(self, prev: str) -> tuple[str, str] | None:
         """(expected, found) when this event does not follow an event hashed `prev`."""
         return link_error(type(self), self.__dict__, str(self.originator_id), prev)

@@ -239,3 +239,24 @@ def test_history_needs_a_key_with_channel_view_of_this_workspace(
     assert client.get(url, headers=other.headers()).status_code == 403
     viewer = add_key(clocked, tenant.workspace_id, ["Channel.view"])
     assert client.get(url, headers=tenant.headers(viewer)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b'"workspace_id":', b'"workspace_id:'),  # no longer JSON
+        (b'"subject":', b'"subjekt":'),  # JSON, but a field is gone
+    ],
+)
+def test_an_event_that_no_longer_reads_makes_chain_valid_false_not_an_error(
+    client: TestClient, clocked: Storage, tenant: Tenant, old: bytes, new: bytes
+) -> None:
+    (first, *_) = clocked.ledger.record(lifecycle(tenant.workspace_id))
+    tamper(clocked, first.email_id, version=3, old=old, new=new)
+
+    response = client.get(history_url(tenant, first.email_id), headers=tenant.headers())
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["chain_valid"] is False
+    assert [e["version"] for e in body["events"]] == [1, 2, 4, 5, 6, 7, 8, 9]
