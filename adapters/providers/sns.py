@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -111,6 +112,7 @@ def _signature(message: Mapping[str, Any]) -> bytes:
         raise SignatureError("the SNS Signature is not base64") from None
 
 
+@functools.lru_cache(maxsize=64)  # one certificate signs a great many messages
 def _public_key(pem: bytes) -> rsa.RSAPublicKey:
     try:
         key = x509.load_pem_x509_certificate(pem).public_key()

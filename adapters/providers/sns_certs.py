@@ -2,8 +2,8 @@
 
 Either way the URL must first pass the SNS host check. A certificate from the pinned
 directory is trusted as it is (the directory is the operator's trust anchor, for
-offline installs); a fetched one must chain to the system's trusted roots, and is
-cached in memory by URL.
+offline installs); a fetched one must chain to the system's trusted roots. Either is
+kept in memory by URL once read (SNS publishes a new certificate under a new URL).
 """
 
 from __future__ import annotations
@@ -109,12 +109,13 @@ class SnsCertificates:
 
     def pem_for(self, url: str) -> bytes:
         check_cert_url(url)
-        if self._cert_dir is not None:
-            return self._pinned(self._cert_dir, url)
         with self._lock:
             cached = self._cache.get(url)
         if cached is None:
-            cached = self._fetched(url)
+            if self._cert_dir is not None:
+                cached = self._pinned(self._cert_dir, url)
+            else:
+                cached = self._fetched(url)
             with self._lock:
                 self._cache[url] = cached
         return cached

@@ -72,6 +72,14 @@ def test_a_pinned_certificate_is_read_from_the_directory_as_it_is(tmp_path: Path
     assert source.pem_for(CERT_URL) == sns_certificate_pem()
 
 
+def test_a_pinned_certificate_is_read_once_and_kept_by_url(tmp_path: Path) -> None:
+    (tmp_path / NAME).write_bytes(sns_certificate_pem())
+    source = SnsCertificates(tmp_path, fetch=refuse_fetch)
+    source.pem_for(CERT_URL)
+    (tmp_path / NAME).unlink()  # not read again for the next message
+    assert source.pem_for(CERT_URL) == sns_certificate_pem()
+
+
 def test_a_certificate_missing_from_the_directory_is_unavailable(tmp_path: Path) -> None:
     source = SnsCertificates(tmp_path, fetch=refuse_fetch)
     with pytest.raises(CertificateUnavailableError, match=NAME):
