@@ -27,6 +27,7 @@ from adapters.http.api import ApiError, json_response, not_found
 from adapters.ingest import Directory, GroupCommitter, Job, adopt
 from adapters.providers import handle
 from adapters.providers.base import (
+    AlreadyReceivedError,
     CertificateSource,
     CertificateUnavailableError,
     ForbiddenSourceError,
@@ -134,6 +135,10 @@ async def receive_hook(request: Request) -> Response:
 
     try:
         parsed, reports = await run_in_threadpool(interpret)
+    except AlreadyReceivedError as error:
+        done = Outcome(receipt_id, format_time(now), "duplicate", 200, message=str(error))
+        await asyncio.wrap_future(hooks.committer.submit(Job(receipt(True), [], outcome=done)))
+        return json_response(_tally(0, 0, 0, 0))
     except ForbiddenSourceError as error:
         return await refuse(403, "forbidden", str(error), verified=False)
     except SignatureError as error:
@@ -150,11 +155,13 @@ async def receive_hook(request: Request) -> Response:
 
     job = Job(receipt(True), reports, ignored=len(parsed.ignored), used_keys=guard.keys)
     tally = await asyncio.wrap_future(hooks.committer.submit(job))
-    return json_response(
-        {
-            "received": len(reports),
-            "recorded": tally.recorded,
-            "duplicates": tally.duplicates,
-            "ignored": tally.ignored,
-        }
-    )
+    return json_response(_tally(len(reports), tally.recorded, tally.duplicates, tally.ignored))
+
+
+def _tally(received: int, recorded: int, duplicates: int, ignored: int) -> dict[str, int]:
+    return {
+        "received": received,
+        "recorded": recorded,
+        "duplicates": duplicates,
+        "ignored": ignored,
+    }

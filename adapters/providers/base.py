@@ -34,6 +34,11 @@ class ForbiddenSourceError(Exception):
     """The request comes from a source this endpoint does not accept (403)."""
 
 
+class AlreadyReceivedError(Exception):
+    """A verified retry of a request already recorded, by the provider's own request id
+    (2xx, recording nothing)."""
+
+
 class PayloadError(ValueError):
     """A verified body that cannot be understood (400, kept as a dead letter)."""
 

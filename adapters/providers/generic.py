@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from adapters.providers.base import (
+    AlreadyReceivedError,
     Endpoint,
     JsonObject,
     Parsed,
@@ -46,7 +47,8 @@ TIME_FIELDS = frozenset({"expiration_time"})
 def verify(
     body: bytes, headers: Mapping[str, str], endpoint: Endpoint, context: VerifyContext
 ) -> None:
-    """Check a Standard Webhooks signature and that its timestamp is within 5 minutes."""
+    """Check a Standard Webhooks signature and that its timestamp is within 5 minutes;
+    a `webhook-id` already recorded is a retry (AlreadyReceivedError)."""
     found = lower_headers(headers)
     webhook_id = found.get("webhook-id")
     timestamp = found.get("webhook-timestamp")
@@ -63,6 +65,10 @@ def verify(
     expected = hmac.new(_key(endpoint), signed, hashlib.sha256).digest()
     if not any(hmac.compare_digest(expected, given) for given in _signatures(offered)):
         raise SignatureError("no webhook-signature matches")
+    # Last, so that only a genuine request counts; the id is remembered when the
+    # request's events commit, so a request that failed can still be retried.
+    if not context.replay_guard.first_use(f"{PROVIDER}:{endpoint.id}:{webhook_id}"):
+        raise AlreadyReceivedError(f"webhook-id {webhook_id} was received before")
 
 
 def _key(endpoint: Endpoint) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,8 +82,10 @@ def service(storage: Storage) -> Iterator[Service]:
         yield svc
 
 
-def generic_request(service: Service, url: str, events: Any, webhook_id: str = "msg_1") -> Any:
+def generic_request(service: Service, url: str, events: Any, webhook_id: str | None = None) -> Any:
+    """A signed generic request; each under a new webhook-id unless one is given."""
     body = json.dumps(events).encode()
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
     headers = signing.generic_headers(body, webhook_id=webhook_id, timestamp=now())
     return service.client.post(url, content=body, headers=headers)
 
@@ -194,11 +197,11 @@ def test_a_database_failure_is_503_and_the_retry_loses_nothing(
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(service.storage.ledger, "record", down)
-    failed = generic_request(service, url, events)
+    failed = generic_request(service, url, events, webhook_id="msg_down")
     assert failed.status_code == 503
     assert failed.json()["error"]["code"] == "unavailable"
     monkeypatch.setattr(service.storage.ledger, "record", healthy)
-    retried = generic_request(service, url, events)
+    retried = generic_request(service, url, events, webhook_id="msg_down")
     assert retried.json()["recorded"] == 3
 
 
@@ -375,3 +378,24 @@ def test_redelivery_in_any_order_and_grouping_changes_nothing(
         return found
 
     assert views(noisy) == views(once)
+
+
+def test_generic_retry_under_a_seen_webhook_id_is_acknowledged_and_records_nothing(
+    service: Service,
+) -> None:
+    url = service.endpoint("generic", secret=signing.GENERIC_SECRET)
+    first = generic_request(service, url, [generic_event(1)], webhook_id="msg_retry")
+    assert first.json()["recorded"] == 1
+    head = service.events()
+
+    # Same id, even with other events in the body: a retry, not news.
+    retry = generic_request(service, url, [generic_event(2)], webhook_id="msg_retry")
+
+    assert retry.status_code == 200
+    assert retry.json() == {"received": 0, "recorded": 0, "duplicates": 0, "ignored": 0}
+    assert service.events() == head
+    assert service.outcomes() == ["recorded", "duplicate"]
+    assert service.receipts() == 2  # the retry is kept too
+    other_endpoint = service.endpoint("generic", secret=signing.GENERIC_SECRET)
+    elsewhere = generic_request(service, other_endpoint, [generic_event(2)], "msg_retry")
+    assert elsewhere.json()["recorded"] == 1  # ids are per endpoint
