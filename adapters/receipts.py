@@ -134,7 +134,8 @@ class Outcome:
 
     receipt_id: str
     at: str
-    outcome: str  # recorded | duplicate | ignored | refused | forbidden | dead_letter
+    outcome: str  # recorded | duplicate | ignored | refused | forbidden | dead_letter |
+    # unconfirmed (an SNS subscription whose confirmation failed; SNS sends it again)
     status: int
     recorded: int = 0
     duplicates: int = 0

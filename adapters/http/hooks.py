@@ -151,7 +151,12 @@ async def receive_hook(request: Request) -> Response:
     if parsed.subscribe_url is not None:
         if not SUBSCRIBE_URL.match(parsed.subscribe_url):
             return await refuse(400, "dead_letter", "SubscribeURL is not on SNS", verified=True)
-        await run_in_threadpool(hooks.confirm_subscription, parsed.subscribe_url)
+        try:
+            await run_in_threadpool(hooks.confirm_subscription, parsed.subscribe_url)
+        except OSError as error:  # URLError, timeouts, refused connections
+            # Kept, and 503: SNS sends the confirmation again.
+            reason = f"the subscription could not be confirmed: {error}"
+            return await refuse(503, "unconfirmed", reason, verified=True)
 
     job = Job(receipt(True), reports, ignored=len(parsed.ignored), used_keys=guard.keys)
     tally = await asyncio.wrap_future(hooks.committer.submit(job))

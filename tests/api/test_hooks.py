@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import urllib.error
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from eventsourcing.persistence import OperationalError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from adapters import receipts as receipt_store
@@ -240,6 +243,25 @@ def test_sns_subscription_is_confirmed_after_verification(service: Service) -> N
     refused = service.client.post(url, content=json.dumps(forged).encode())
     assert refused.status_code == 401
     assert len(service.confirmed) == 1
+
+
+def test_a_failed_subscription_confirmation_is_503_and_the_request_is_kept(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(url: str) -> None:
+        raise urllib.error.URLError("sns.us-east-1.amazonaws.com: connection refused")
+
+    state = cast("Starlette", service.client.app).state
+    monkeypatch.setattr(state, "hooks", replace(state.hooks, confirm_subscription=unreachable))
+    url = service.endpoint("ses", sns_topic_arns=[signing.TOPIC])
+    message = signing.sign_sns(signing.payload_json("ses", "sns_subscription_confirmation"))
+
+    response = service.client.post(url, content=json.dumps(message).encode())
+
+    assert response.status_code == 503
+    assert "could not be confirmed" in response.json()["error"]["message"]
+    assert service.outcomes() == ["unconfirmed"]
+    assert service.receipts() == 1
 
 
 # --- SendGrid, Mailgun, Postmark -------------------------------------------------------------
