@@ -8,7 +8,7 @@ secrets), so only internal code sees them; the HTTP layer chooses what to show.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -312,6 +312,16 @@ def get_workspace_endpoint(
     """The workspace's endpoint with this id (None for another workspace's)."""
     endpoint = get_endpoint(engine, endpoint_id)
     return endpoint if endpoint is not None and endpoint.workspace_id == workspace_id else None
+
+
+def endpoints_of_providers(engine: Engine, providers: Collection[str]) -> list[InboundEndpoint]:
+    """Every workspace's inbound endpoints for these providers, oldest first."""
+    query = (
+        select(inbound_endpoints)
+        .where(inbound_endpoints.c.provider.in_(sorted(providers)))
+        .order_by(inbound_endpoints.c.created_at, inbound_endpoints.c.id)
+    )
+    return _many(engine, query, _endpoint)
 
 
 def list_endpoints(engine: Engine, workspace_id: str) -> list[InboundEndpoint]:

@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     bulk.add_argument(
         "--format", choices=sorted(FORMATS), help="default: the endpoint provider's format"
     )
-    bulk.add_argument("--endpoint", metavar="ID", required=True, help="the inbound endpoint")
+    bulk.add_argument(
+        "--endpoint",
+        metavar="ID",
+        help="the inbound endpoint (default: the only one that can take the file)",
+    )
     return parser
 
 
@@ -173,13 +177,43 @@ def _replay(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _import_endpoint(
+    storage: Storage, endpoint_id: str | None, fmt: str | None
+) -> admin_store.InboundEndpoint:
+    """The endpoint named, or else the only one whose provider the file can be for."""
+    if endpoint_id is not None:
+        stored = admin_store.get_endpoint(storage.engine, endpoint_id)
+        if stored is None:
+            raise ImportFileError(f"no inbound endpoint {endpoint_id}")
+        return stored
+    providers = {FORMATS[fmt]} if fmt is not None else set(FORMATS.values())
+    found = admin_store.endpoints_of_providers(storage.engine, providers)
+    if len(found) == 1:
+        return found[0]
+    kinds = ", ".join(sorted(providers))
+    if not found:
+        raise ImportFileError(
+            f"no inbound endpoint ({kinds}) to import into: make one "
+            "(POST /v1/{workspace_id}/email/inbound), then import"
+        )
+    listed = "; ".join(f"{e.id} ({e.provider}, workspace {e.workspace_id})" for e in found[:10])
+    raise ImportFileError(
+        f"{len(found)} inbound endpoints can take it, name one with --endpoint ID: {listed}"
+    )
+
+
 def _import(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
-    stored = admin_store.get_endpoint(storage.engine, args.endpoint)
-    if stored is None:
-        raise ImportFileError(f"no inbound endpoint {args.endpoint}")
+    stored = _import_endpoint(storage, args.endpoint, args.format)
     if not args.file.is_file():
         raise ImportFileError(f"no such file: {args.file}")
-    fmt = args.format or next(f for f, provider in FORMATS.items() if provider == stored.provider)
+    fmt = args.format or next(
+        (f for f, provider in FORMATS.items() if provider == stored.provider), None
+    )
+    if fmt is None:
+        raise ImportFileError(
+            f"{stored.provider} has no export format mailledger reads "
+            f"(formats: {', '.join(sorted(FORMATS))})"
+        )
     with args.file.open("rb") as lines:
         total = sum(1 for _ in lines) if fmt.endswith("jsonl") else None
     with tqdm(total=total, desc=f"import {args.file.name}", unit="item", file=sys.stderr) as bar:

@@ -143,6 +143,40 @@ def test_import_prints_a_summary_with_line_numbers_and_is_idempotent(
     assert status == 2
 
 
+def test_import_file_alone_takes_the_only_endpoint_that_can_take_it(
+    monkeypatch: pytest.MonkeyPatch, storage: Storage, database_url: str, tmp_path: Path
+) -> None:
+    from adapters import admin_store
+    from adapters.workspaces import create_workspace
+
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        '{"event_type": "Delivery", "message_id": "m1", "to_address": "a@x.test", '
+        '"event_at": "2025-03-14T19:04:02Z"}\n'
+    )
+    status, _ = run(monkeypatch, database_url, "import", str(path))
+    assert status == 2  # nothing to import into yet
+
+    workspace = create_workspace(storage.engine, "cli-import-alone").workspace_id
+    postmark = admin_store.create_endpoint(
+        storage.engine, workspace, "postmark", {"username": "u", "password": "p"}
+    )
+    generic = {"secret": "whsec_c2VjcmV0c2VjcmV0c2VjcmV0"}
+    only = admin_store.create_endpoint(storage.engine, workspace, "generic", generic)
+    status, out = run(monkeypatch, database_url, "import", str(path))
+    assert status == 0
+    assert out.startswith("1 items: 1 events recorded")
+
+    status, _ = run(monkeypatch, database_url, "import", str(path), "--endpoint", postmark.id)
+    assert status == 2  # Postmark has no export format: a message, not a traceback
+
+    admin_store.create_endpoint(storage.engine, workspace, "generic", generic)
+    status, _ = run(monkeypatch, database_url, "import", str(path))
+    assert status == 2  # two could take it: which one must be said
+    status, out = run(monkeypatch, database_url, "import", str(path), "--endpoint", only.id)
+    assert out.startswith("1 items: 0 events recorded, 1 already held")
+
+
 def test_receipts_replay_records_nothing_new_on_a_healthy_ledger(
     monkeypatch: pytest.MonkeyPatch, storage: Storage, database_url: str
 ) -> None:
