@@ -12,16 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, RowMapping, Table, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.sending.tables import suppression_removals, suppressions
-from adapters.storage import Storage, notification_reader
 from domain.events import EmailEvent
 from domain.reports import EventType, format_time
 from projections.base import Positioned, tracking
-from projections.runner import ProjectionRunner
+
+if TYPE_CHECKING:
+    from adapters.storage import Storage
 
 NAME = "suppressions"
 
@@ -72,30 +74,22 @@ def _suppress(conn: Connection, event: EmailEvent, cause: str) -> None:
 
 
 class SuppressionFollower:
-    """Follows the log for the suppression projection, reading cheaply when idle."""
+    """Brings the suppression projection up to the log's head before a send (the
+    background projection thread keeps it current too; whichever comes first applies
+    an event, exactly once)."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.runner = ProjectionRunner(
-            storage.engine,
-            notification_reader(storage.ledger),
-            storage.ledger.head_position,
-            [SuppressionProjection()],
-        )
-        self._ready = False
 
     def follow(self) -> int:
         """Apply whatever the log holds beyond the projection's position."""
-        if not self._ready:
-            self.runner.create_tables()
-            self._ready = True
         with self.storage.reader.connect() as conn:
             position = conn.execute(
                 select(tracking.c.position).where(tracking.c.name == NAME)
             ).scalar()
         if position is not None and position >= self.storage.ledger.head_position():
             return 0
-        return self.runner.catch_up(NAME)
+        return self.storage.runner.catch_up(NAME)
 
 
 def is_suppressed(engine: Engine, workspace_id: str, address: str) -> bool:

@@ -67,14 +67,16 @@ def test_projections_status_and_rebuild(
     status, out = run(monkeypatch, database_url, "projections", "status")
     assert status == 0
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
-    assert rows["emails"] == rows["events"] == ["0", "12", "12"]
+    assert rows["emails"] == rows["events"] == rows["suppressions"] == ["0", "12", "12"]
+    status, out = run(monkeypatch, database_url, "projections", "rebuild", "suppressions")
+    assert (status, out) == (0, "suppressions: rebuilt from 12 events\n")
     status, out = run(monkeypatch, database_url, "projections", "rebuild", "emails")
     assert (status, out) == (0, "emails: rebuilt from 12 events\n")
     status, out = run(monkeypatch, database_url, "projections", "run", "--once")
     assert (status, out) == (0, "applied 12 events\n")
     status, out = run(monkeypatch, database_url, "projections", "status")
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
-    assert rows["emails"] == ["12", "12", "0"]
+    assert rows["emails"] == rows["suppressions"] == ["12", "12", "0"]
 
 
 def test_rebuild_of_an_unknown_projection_is_a_clear_error(

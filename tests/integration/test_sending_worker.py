@@ -241,7 +241,7 @@ def test_the_suppression_projection_rebuilds_to_the_same_list_and_keeps_removals
 
     incremental = listed()
     assert incremental == [("a@example.com", "2025-03-14T09:00:00.000000Z")]
-    follower.runner.rebuild("suppressions")
+    storage.runner.rebuild("suppressions")  # as `projections rebuild suppressions` does
     assert listed() == incremental
     assert follower.follow() == 0
 
