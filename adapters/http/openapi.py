@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from adapters.http.api import Operation, json_response
+from adapters.providers import PROVIDERS
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -92,13 +93,7 @@ def _responses(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "Success."}
     if op.response is not None:
         success["content"] = {"application/json": {"schema": schemas.ref(op.response)}}
-    responses = {str(op.status): success}
-    for status in sorted({401, 403, *op.errors, 503}):
-        responses[str(status)] = {
-            "description": ERROR_TEXT.get(status, "Error."),
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
-    return responses
+    return {str(op.status): success, **_error_answers(*sorted({401, 403, *op.errors, 503}))}
 
 
 def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
@@ -131,6 +126,7 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
             for name in op.headers
         )
         paths.setdefault(op.path, {})[op.method.lower()] = entry
+    paths["/hooks/{provider}/{endpoint_id}"] = _webhook_path()
     paths["/healthz"] = {
         "get": {
             "operationId": "healthz",
@@ -149,12 +145,7 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
                         }
                     },
                 },
-                "503": {
-                    "description": ERROR_TEXT[503],
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
-                },
+                **_error_answers(503),
             },
         }
     }
@@ -171,6 +162,72 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
             "schemas": schemas.components,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
+    }
+
+
+def _error_answers(*statuses: int) -> dict[str, Any]:
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {
+        str(status): {"description": ERROR_TEXT.get(status, "Error."), "content": error}
+        for status in statuses
+    }
+
+
+def _webhook_path() -> dict[str, Any]:
+    """The provider webhook URL: the one a provider's console is given."""
+    counts = {
+        "type": "object",
+        "required": ["received", "recorded", "duplicates", "ignored"],
+        "properties": {
+            "received": {"type": "integer", "description": "Events found in the request."},
+            "recorded": {"type": "integer", "description": "Appended to their emails' logs."},
+            "duplicates": {"type": "integer", "description": "Already held: not counted."},
+            "ignored": {"type": "integer", "description": "Without meaning here (kept)."},
+        },
+    }
+    answers = _error_answers(400, 404, 413, 503)
+    answers["401"] = {
+        "description": "The signature (or basic auth, or Mailgun token) does not verify.",
+        "content": answers["400"]["content"],
+    }
+    answers["403"] = {
+        "description": "Another provider's request, or an SNS topic the endpoint does not take.",
+        "content": answers["400"]["content"],
+    }
+    return {
+        "post": {
+            "operationId": "receive_hook",
+            "summary": "A provider's webhook: verified, deduplicated, recorded, kept",
+            "description": "The URL an inbound endpoint answers with (`POST /v1/{workspace_id}"
+            "/email/inbound`). The body is the provider's own (SNS envelope, SendGrid "
+            "array, Mailgun object, Postmark record, mailledger event JSON), authenticated "
+            "by the provider's signature scheme rather than an API key. Every request is "
+            "kept verbatim in the receipts. See docs/providers.md.",
+            "tags": ["webhooks"],
+            "parameters": [
+                {
+                    "name": "provider",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": sorted(PROVIDERS)},
+                },
+                {
+                    "name": "endpoint_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                },
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+            "responses": {
+                "200": {
+                    "description": "Recorded (or a retry, answered with zero counts).",
+                    "content": {"application/json": {"schema": counts}},
+                },
+                **answers,
+            },
+            "security": [],
+        }
     }
 
 

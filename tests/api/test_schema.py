@@ -72,6 +72,11 @@ def test_the_document_lists_every_route(served: dict[str, str]) -> None:
 
     for op in operations():
         assert op.method.lower() in document["paths"][op.path], op.path
+    hook = document["paths"]["/hooks/{provider}/{endpoint_id}"]["post"]
+    assert {"200", "401", "404", "413", "503"} <= set(hook["responses"])
+    assert hook["parameters"][0]["schema"]["enum"] == [
+        "generic", "mailgun", "postmark", "sendgrid", "ses"
+    ]  # fmt: skip
     docs = httpx.get(f"{served['base']}/docs")
     assert docs.status_code == 200
     assert "/docs/assets/swagger-ui-bundle.js" in docs.text
