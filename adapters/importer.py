@@ -19,6 +19,7 @@ import orjson
 from adapters.ingest import Directory, adopt
 from adapters.providers import generic, mailgun, sendgrid, ses
 from adapters.providers.base import Endpoint, Parsed, PayloadError
+from adapters.sending.provider_ids import link_relay_ids
 from adapters.storage import Storage
 from domain.reports import Report
 
@@ -112,7 +113,7 @@ def import_file(
     since_progress = 0
 
     def flush() -> None:
-        outcomes = storage.ledger.record(pending)
+        outcomes = storage.ledger.record(link_relay_ids(storage.engine, pending))
         recorded = sum(1 for o in outcomes if o.recorded)
         summary.recorded += recorded
         summary.duplicates += len(outcomes) - recorded

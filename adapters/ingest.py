@@ -24,6 +24,7 @@ from adapters import admin_store, receipts
 from adapters.providers import PROVIDERS
 from adapters.providers.base import Endpoint, PayloadError
 from adapters.receipts import Outcome, Receipt
+from adapters.sending.provider_ids import link_relay_ids
 from adapters.storage import Storage
 from domain.reports import Report, format_time, utc_now
 
@@ -140,7 +141,8 @@ def commit(storage: Storage, jobs: Sequence[Job], *, replay: bool = False) -> li
     """Store the jobs' receipts, record all their reports in one transaction, store
     their outcomes. Raises (and stores no outcome) when the database fails."""
     new = [] if replay else [job.receipt for job in jobs]
-    everything = [report for job in jobs for report in job.reports]
+    # One query for the whole group finds the emails that relays' own ids stand for.
+    everything = link_relay_ids(storage.reader, [r for job in jobs for r in job.reports])
     if new:
         # Unflushed only when the ledger's flushed commit follows and covers it.
         receipts.save(storage.engine, new, [], flush=not everything)

@@ -24,6 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
 from adapters import canonical
 from adapters.sending import tables as sending_tables  # noqa: F401 (defines tables too)
+from adapters.sending.provider_ids import ProviderIdsProjection
 from adapters.sending.suppression import SuppressionProjection
 from adapters.settings import Database
 from adapters.workspaces import admin_metadata
@@ -283,7 +284,7 @@ def open_storage(
         engine,
         notification_reader(ledger),
         ledger.head_position,
-        [*default_projections(), SuppressionProjection()],
+        [*default_projections(), SuppressionProjection(), ProviderIdsProjection()],
         batch_size=batch_size,
         rebuild_batch_size=max(batch_size, 20_000),
     )

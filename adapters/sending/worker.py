@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import RowMapping
 
 from adapters import admin_store
-from adapters.sending import lifecycle, outbox, sandbox
+from adapters.sending import lifecycle, outbox, provider_ids, sandbox
 from adapters.sending.relay import RelayJob, deliver_all, prepare, settle
 from adapters.sending.smtp import SmtpSettings
 from adapters.sending.suppression import SuppressionFollower, is_suppressed
@@ -126,6 +126,9 @@ class SendWorker:
             outbox.release(self.storage.engine, [(m.email_id, m.lease) for m in moves])
             raise
         outbox.advance(self.storage.engine, moves)
+        if any(r.detail.get("provider_message_id") for r in reports):
+            # A relay's events may come back under its own id at once: know it now.
+            self.storage.runner.catch_up(provider_ids.NAME)
         return len(rows)
 
     def _work(self, row: RowMapping, now: datetime) -> Worked | RelayJob:

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import gc
 import ipaddress
+import json
 import socket
 import ssl
 import threading
@@ -30,6 +31,10 @@ from cryptography.x509.oid import NameOID
 
 from adapters import admin_store
 from adapters.dns import generate_dkim_key
+from adapters.importer import import_file
+from adapters.ingest import Job, as_endpoint, commit
+from adapters.providers import generic
+from adapters.receipts import Receipt
 from adapters.sending.accept import Sender
 from adapters.sending.message import SendRequest
 from adapters.sending.smtp import Attempt, Relay, SmtpSettings, deliver, provider_id
@@ -241,6 +246,46 @@ def test_a_relay_takes_the_message_over_starttls_with_auth(smtp: Smtp, relay: Re
     )
     assert message["X-Mailledger-Email-Id"] == email_id
     assert message["X-SES-MESSAGE-TAGS"] == f"mailledger_email_id={email_id}"
+
+
+def test_events_reported_under_the_relays_own_id_find_the_email(
+    smtp: Smtp, relay: Relayed, tmp_path: Path
+) -> None:
+    """A relay that reports under its id (SES classic notifications carry no tags)."""
+    email_id = smtp.send("ann@example.com")
+    smtp.run()
+    workspace = smtp.use_case.workspace_id
+    endpoint = admin_store.create_endpoint(
+        smtp.storage.engine, workspace, "generic", {"secret": "whsec_c2VjcmV0c2VjcmV0"}
+    )
+    export = tmp_path / "relay-events.jsonl"
+    bounce = {
+        "event_type": "Bounce",
+        "message_id": "4QxYz7Hk2Lz",  # the id of the relay's 250 reply, nothing of ours
+        "to_address": "Ann@Example.com",
+        "event_at": "2025-03-14T19:10:00Z",
+        "bounce_type": "Permanent",
+    }
+    export.write_bytes(json.dumps(bounce).encode() + b"\n")
+
+    summary = import_file(smtp.storage, as_endpoint(endpoint), export, "generic-jsonl")
+
+    assert summary.recorded == 1
+    assert smtp.kinds(email_id) == ["Sent", "Dispatched", "Bounce"]
+    assert smtp.state(email_id) == "bounced"
+    smtp.run()  # the worker brings the suppression list up to date before sending
+    assert is_suppressed(smtp.storage.engine, workspace, "ann@example.com")
+
+    # A webhook's events take the same way (the group commit links them).
+    body = json.dumps(dict(bounce, event_type="Complaint", feedback_type="abuse")).encode()
+    receipt = Receipt(
+        str(uuid.uuid4()), endpoint.id, workspace, "generic", "2025-03-14T19:11:00.000000Z",
+        {}, body, True,
+    )  # fmt: skip
+    parsed = generic.parse(body, as_endpoint(endpoint), receipt.id)
+    (tally,) = commit(smtp.storage, [Job(receipt, list(parsed.reports))])
+    assert tally.recorded == 1
+    assert smtp.state(email_id) == "complained"
 
 
 def test_the_message_carries_a_dkim_signature_that_verifies(smtp: Smtp, relay: Relayed) -> None:
