@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -119,6 +119,31 @@ class SuppressionEntry(BaseModel):
 
 
 ENTRY_FIELDS = tuple(SuppressionEntry.model_fields)
+MAX_ADDED = 1000
+
+
+class SuppressionAdd(BaseModel):
+    """Addresses to put on the list by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    addresses: list[str] = Field(
+        min_length=1, max_length=MAX_ADDED, description="1 to 1,000 email addresses."
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        try:
+            return [check_address(address, "addresses") for address in value]
+        except InvalidSendError as error:
+            raise ValueError(str(error).removeprefix("addresses: ")) from None
+
+
+class SuppressionAdded(BaseModel):
+    """The entries of the addresses added, as the list now shows them."""
+
+    suppressions: list[SuppressionEntry]
 
 
 class SuppressionList(BaseModel):
@@ -295,6 +320,18 @@ async def list_suppressions(call: Call) -> Response:
     return json_response(page)
 
 
+def _add_suppressions(storage: Storage, workspace_id: str, body: SuppressionAdd) -> Any:
+    suppression.add(storage.engine, workspace_id, body.addresses, utc_now())
+    where = suppression.SuppressionFilter(workspace_id, addresses=tuple(body.addresses))
+    rows = suppression.list_suppressions(storage.engine, where, None, len(body.addresses))
+    return {"suppressions": [{name: row[name] for name in ENTRY_FIELDS} for row in rows]}
+
+
+async def add_suppressions(call: Call) -> Response:
+    added = await call.run(_add_suppressions, call.storage, call.workspace_id, call.body)
+    return json_response(added, status=201)
+
+
 async def delete_suppression(call: Call) -> Response:
     address = call.path("address").strip()
     await call.run(suppression.remove, call.storage.engine, call.workspace_id, address, utc_now())
@@ -334,6 +371,21 @@ def sending_operations() -> list[Operation]:
             query=SuppressionQuery,
             response=SuppressionList,
             errors=(*auth, 400, 422),
+        ),
+        Operation(
+            "POST",
+            PREFIX + "/suppression",
+            add_suppressions,
+            "Add addresses to the suppression list by hand",
+            ADMIN,
+            TAG,
+            body=SuppressionAdd,
+            response=SuppressionAdded,
+            status=201,
+            errors=(*auth, 400, 413, 422),
+            description="Each address is listed with cause `manual` from now on (an "
+            "address a bounce or complaint already suppresses keeps that entry). Adding "
+            "an address again changes nothing; `DELETE` takes it off.",
         ),
         Operation(
             "DELETE",

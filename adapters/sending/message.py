@@ -86,17 +86,18 @@ class SendRequest:
         return hashlib.sha256(canonical_json(facts)).hexdigest()
 
 
-def check_address(value: str) -> str:
-    """One recipient addr-spec, lowercased, its domain in IDNA form."""
+def check_address(value: str, name: str = "to_address") -> str:
+    """One recipient addr-spec, lowercased, its domain in IDNA form (errors name the
+    field `name`)."""
     local, at, domain = value.strip().rpartition("@")
     if not at or len(local) > 64 or not LOCAL_PART.fullmatch(local):
-        raise InvalidSendError(f"to_address: not a single email address: {value!r}")
+        raise InvalidSendError(f"{name}: not a single email address: {value!r}")
     try:
         address = f"{local}@{normalize_domain(domain)}".lower()
     except ValueError:
-        raise InvalidSendError(f"to_address: not a valid domain: {value!r}") from None
+        raise InvalidSendError(f"{name}: not a valid domain: {value!r}") from None
     if len(address) > 254:
-        raise InvalidSendError("to_address: longer than 254 characters")
+        raise InvalidSendError(f"{name}: longer than 254 characters")
     return address
 
 

@@ -4,7 +4,8 @@ It is projected from the event log itself, so a hard bounce or a complaint suppr
 the address whoever reported it: the sandbox, an SMTP reply or any provider's webhook.
 The projection has its own tracking row (exactly once, rebuildable like the others);
 deletions are kept apart and honoured by the projection, so a rebuild does not bring
-back an address someone removed, while a new bounce after the removal does.
+back an address someone removed, while a new bounce after the removal does. Addresses
+added by hand (cause `manual`) are kept apart too, and listed with the projected ones.
 """
 
 from __future__ import annotations
@@ -14,10 +15,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, RowMapping, Table, delete, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    String,
+    Subquery,
+    Table,
+    delete,
+    exists,
+    literal,
+    null,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.sending.tables import suppression_removals, suppressions
+from adapters.sending.tables import suppression_manual, suppression_removals, suppressions
 from domain.events import EmailEvent
 from domain.reports import EventType, format_time
 from projections.base import Positioned, tracking
@@ -92,11 +108,31 @@ class SuppressionFollower:
         return self.storage.runner.catch_up(NAME)
 
 
+def _listed(workspace_id: str) -> Subquery:
+    """The workspace's list: the projected entries, and the manual ones for addresses
+    no event suppresses."""
+    projected, manual = suppressions.c, suppression_manual.c
+    by_event = select(
+        projected.address, projected.cause, projected.since, projected.email_id
+    ).where(projected.workspace_id == workspace_id)
+    by_hand = select(
+        manual.address,
+        literal("manual", String).label("cause"),
+        manual.since,
+        null().label("email_id"),
+    ).where(
+        manual.workspace_id == workspace_id,
+        ~exists().where(
+            projected.workspace_id == workspace_id, projected.address == manual.address
+        ),
+    )
+    return union_all(by_event, by_hand).subquery("listed")
+
+
 def is_suppressed(engine: Engine, workspace_id: str, address: str) -> bool:
     """Whether the workspace's list holds the address."""
-    query = select(suppressions.c.address).where(
-        suppressions.c.workspace_id == workspace_id, suppressions.c.address == address.lower()
-    )
+    listed = _listed(workspace_id)
+    query = select(listed.c.address).where(listed.c.address == address.lower())
     with engine.connect() as conn:
         return conn.execute(query).first() is not None
 
@@ -107,23 +143,35 @@ class SuppressionFilter:
 
     workspace_id: str
     address: str | None = None
+    addresses: tuple[str, ...] | None = None
 
 
 def list_suppressions(
     engine: Engine, where: SuppressionFilter, after: tuple[str, str] | None, limit: int
 ) -> list[RowMapping]:
     """Entries newest first (by since, then address), after a keyset position."""
-    c = suppressions.c
-    query = select(c.address, c.cause, c.since, c.email_id).where(
-        c.workspace_id == where.workspace_id
-    )
+    c = _listed(where.workspace_id).c
+    query = select(c.address, c.cause, c.since, c.email_id)
     if where.address is not None:
         query = query.where(c.address == where.address.lower())
+    if where.addresses is not None:
+        query = query.where(c.address.in_([a.lower() for a in where.addresses]))
     if after is not None:
         query = query.where(tuple_(c.since, c.address) < tuple_(*after))
     query = query.order_by(c.since.desc(), c.address.desc()).limit(limit)
     with engine.connect() as conn:
         return list(conn.execute(query).mappings())
+
+
+def add(engine: Engine, workspace_id: str, addresses: Sequence[str], now: datetime) -> None:
+    """Put addresses on the list by hand (an address already added keeps its time)."""
+    rows = [
+        {"workspace_id": workspace_id, "address": address.lower(), "since": format_time(now)}
+        for address in dict.fromkeys(addresses)
+    ]
+    with engine.begin() as conn:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(insert(suppression_manual).on_conflict_do_nothing(), rows)
 
 
 def remove(engine: Engine, workspace_id: str, address: str, now: datetime) -> None:
@@ -139,8 +187,9 @@ def remove(engine: Engine, workspace_id: str, address: str, now: datetime) -> No
                 set_={"removed_at": stmt.excluded.removed_at},
             )
         )
-        conn.execute(
-            delete(suppressions).where(
-                suppressions.c.workspace_id == workspace_id, suppressions.c.address == address
+        for table in (suppressions, suppression_manual):
+            conn.execute(
+                delete(table).where(
+                    table.c.workspace_id == workspace_id, table.c.address == address
+                )
             )
-        )

@@ -6,7 +6,8 @@
 - `send_idempotency`: the first answer to each `Idempotency-Key` of a workspace.
 - `suppressions`: the addresses a workspace no longer sends to, projected from the
   log's hard bounces and complaints; `suppression_removals` are the deletions that the
-  projection honours, so a rebuild keeps them.
+  projection honours, so a rebuild keeps them; `suppression_manual` the addresses added
+  by hand.
 """
 
 from __future__ import annotations
@@ -82,4 +83,14 @@ suppression_removals = Table(
     Column("workspace_id", String(64), primary_key=True),
     Column("address", String(320), primary_key=True),
     Column("removed_at", TIME, nullable=False),
+)
+
+# Addresses put on the list by hand (cause `manual`); kept apart from the projected
+# list, so a rebuild keeps them.
+suppression_manual = Table(
+    "suppression_manual",
+    admin_metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("since", TIME, nullable=False),
 )

@@ -184,6 +184,48 @@ def test_removing_an_address_lets_it_be_sent_to_again(acme: Sending) -> None:
     assert entry["email_id"] == second
 
 
+def test_addresses_added_by_hand_are_suppressed_until_removed(acme: Sending) -> None:
+    def add(body: Any, key: str | None = None) -> Any:
+        return acme.client.post(
+            acme.url("/suppression"), json=body, headers=acme.tenant.headers(key)
+        )
+
+    added = add({"addresses": ["Manual@Example.COM", "bounce+m@simulator.test"]})
+
+    assert added.status_code == 201, added.text
+    entries = sorted(added.json()["suppressions"], key=lambda e: e["address"])
+    assert [(e["address"], e["cause"], e["email_id"]) for e in entries] == [
+        ("bounce+m@simulator.test", "manual", None),
+        ("manual@example.com", "manual", None),
+    ]
+    assert add({"addresses": ["manual@example.com"]}).json() == {"suppressions": [entries[1]]}
+    rejected = acme.sent("manual@example.com")["id"]
+    acme.wait_for_kinds(rejected, ["Sent", "Reject"])
+    assert acme.history(rejected)[-1].detail() == {"reason": "suppressed"}
+
+    # Kept apart from the projected list: a rebuild keeps them.
+    acme.storage.runner.rebuild("suppressions")
+    assert len(suppressions(acme)["suppressions"]) == 2
+
+    assert acme.client.delete(
+        acme.url("/suppression/manual@example.com"), headers=acme.tenant.headers()
+    ).status_code == 204  # fmt: skip
+    assert [e["address"] for e in suppressions(acme)["suppressions"]] == ["bounce+m@simulator.test"]
+    acme.wait_for_kinds(acme.sent("manual@example.com")["id"], [*HANDED, "Delivery"])
+
+    viewer = add_key(acme.storage, acme.tenant.workspace_id, ["Channel.view"])
+    assert add({"addresses": ["x@example.com"]}, key=viewer).status_code == 403
+    bad_bodies: list[dict[str, Any]] = [
+        {"addresses": []},
+        {"addresses": ["not an address"]},
+        {"address": "a@b.c"},
+    ]
+    for bad in bad_bodies:
+        answer = add(bad)
+        assert answer.status_code == 422, bad
+        assert "addresses" in answer.json()["error"]["message"]
+
+
 def test_the_suppression_list_pages_and_stays_in_its_workspace(
     acme: Sending, other: Sending
 ) -> None:
