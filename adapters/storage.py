@@ -280,6 +280,7 @@ def open_storage(
     except Exception as error:
         raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None
     engine = make_engine(database)
+    reader = make_engine(database, reads_only=True)
     runner = ProjectionRunner(
         engine,
         notification_reader(ledger),
@@ -287,8 +288,8 @@ def open_storage(
         [*default_projections(), SuppressionProjection(), ProviderIdsProjection()],
         batch_size=batch_size,
         rebuild_batch_size=max(batch_size, 20_000),
+        reader=reader,
     )
     runner.create_tables()
     admin_metadata.create_all(engine)
-    reader = make_engine(database, reads_only=True)
     return Storage(database, ledger, engine, runner, reader, service_secret(engine, "continuation"))

@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx2 as httpx
 import psycopg
 
 from adapters.audit import verify_ledger
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
 from adapters.workspaces import create_workspace
+from bench.served import client as client_for
 from bench.served import served
 from projections.analytics import DAILY_DOMAINS, HOURLY, SUMS, Rollup, email_analytics
 
@@ -131,7 +131,7 @@ def measure_stats(url: str, workspace_id: str, key: str, requests: int) -> dict[
     rng = random.Random(5)
     samples: list[float] = []
     headers = {"Authorization": f"Bearer {key}"}
-    with served(url) as base, httpx.Client(base_url=base, headers=headers) as client:
+    with served(url) as base, client_for(base, headers) as client:
         for n in range(requests + 20):
             first = START + timedelta(days=rng.randrange(DAYS - 30))
             params = {
@@ -141,10 +141,10 @@ def measure_stats(url: str, workspace_id: str, key: str, requests: int) -> dict[
                 "group_by": "day",
             }
             started = time.perf_counter()
-            response = client.get(f"/v1/{workspace_id}/email/stats", params=params)
+            status, answer = client.get(f"/v1/{workspace_id}/email/stats", params)
             elapsed = time.perf_counter() - started
-            assert response.status_code == 200, response.text
-            assert len(response.json()["groups"]) == 30
+            assert status == 200, answer
+            assert len(answer["groups"]) == 30
             if n >= 20:
                 samples.append(elapsed)
     return {

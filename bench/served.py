@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -9,8 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx2 as httpx
+import orjson
 
 
 def free_port() -> int:
@@ -51,3 +55,34 @@ def served(url: str, **env: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+class Client:
+    """A minimal keep-alive HTTP/1.1 client (the standard library's) for latency
+    figures: what is measured is the service, not a client library's own work."""
+
+    def __init__(self, base: str, headers: dict[str, str]) -> None:
+        parts = urlsplit(base)
+        self._connection = http.client.HTTPConnection(parts.hostname or "", parts.port)
+        self._headers = headers
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """(status, decoded JSON body) of a GET."""
+        target = f"{path}?{urlencode(params)}" if params else path
+        self._connection.request("GET", target, headers=self._headers)
+        answer = self._connection.getresponse()
+        return answer.status, orjson.loads(answer.read())
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
+
+
+@contextmanager
+def client(base: str, headers: dict[str, str]) -> Iterator[Client]:
+    """A `Client` for the length of the block."""
+    made = Client(base, headers)
+    try:
+        yield made
+    finally:
+        made.close()

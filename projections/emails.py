@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     any_,
+    bindparam,
     literal,
     select,
     tuple_,
@@ -181,7 +182,13 @@ def list_emails(
     return list(conn.execute(query).mappings())
 
 
+# Built once (the detail endpoint's one query).
+_EMAIL_BY_ID = select(emails).where(
+    emails.c.id == bindparam("email_id"), emails.c.workspace_id == bindparam("workspace_id")
+)
+
+
 def get_email_row(conn: Connection, workspace_id: str, email_id: str) -> RowMapping | None:
     """One email of the workspace, or None (also for another workspace's email)."""
-    query = select(emails).where(emails.c.id == email_id, emails.c.workspace_id == workspace_id)
-    return conn.execute(query).mappings().first()
+    found = conn.execute(_EMAIL_BY_ID, {"email_id": email_id, "workspace_id": workspace_id})
+    return found.mappings().first()
