@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from adapters.storage import Storage
 from adapters.workspaces import ApiKey, find_key
+from domain.reports import InvalidReportError, normalize_time
 
 MAX_JSON_BODY = 1024 * 1024
 T = TypeVar("T")
@@ -34,6 +35,17 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.code = code
+
+
+def rfc3339_time(value: str | None) -> str | None:
+    """A query's optional RFC 3339 time, in the canonical form (a pydantic validator:
+    `field_validator(name)(rfc3339_time)`)."""
+    if value is None:
+        return None
+    try:
+        return normalize_time(value)
+    except InvalidReportError as error:
+        raise ValueError(str(error)) from None
 
 
 def not_found(what: str) -> ApiError:

@@ -11,9 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import Connection, Engine, RowMapping
 
 from adapters.http import tokens
-from adapters.http.api import Call, Operation, json_response, not_found
+from adapters.http.api import Call, Operation, json_response, not_found, rfc3339_time
 from adapters.storage import Storage
-from domain.reports import InvalidReportError, normalize_time
 from projections.emails import EmailFilter, get_email_row, list_emails
 from projections.events import EventFilter, event_id, list_events
 
@@ -26,15 +25,6 @@ ListedEventType = Literal[
 ]
 
 SCOPE = "use_case_id or setup_id is required"
-
-
-def _time(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return normalize_time(value)
-    except InvalidReportError as error:
-        raise ValueError(str(error)) from None
 
 
 class _Listing(BaseModel):
@@ -62,7 +52,7 @@ class EmailListQuery(_Listing):
     sent_after: str | None = Field(None, description="RFC 3339; sent at or after.")
     sent_before: str | None = Field(None, description="RFC 3339; sent strictly before.")
 
-    _times = field_validator("sent_after", "sent_before")(_time)
+    _times = field_validator("sent_after", "sent_before")(rfc3339_time)
 
 
 class EventListQuery(_Listing):
@@ -75,7 +65,7 @@ class EventListQuery(_Listing):
     event_at_after: str | None = Field(None, description="RFC 3339; happened at or after.")
     event_at_before: str | None = Field(None, description="RFC 3339; happened strictly before.")
 
-    _times = field_validator("event_at_after", "event_at_before")(_time)
+    _times = field_validator("event_at_after", "event_at_before")(rfc3339_time)
 
 
 class EmailSummary(BaseModel):

@@ -12,12 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapters.http.api import Call, Operation, json_response, not_found
+from adapters.http.api import Call, Operation, json_response, not_found, rfc3339_time
 from adapters.http.emails import DETAIL_FIELDS, EmailDetail, email_key
 from domain.application import EmailLedger, EmailNotFoundError
 from domain.email import EmailView, verify_chain
 from domain.events import EmailEvent
-from domain.reports import InvalidReportError, normalize_time
 
 
 class HistoryQuery(BaseModel):
@@ -30,15 +29,7 @@ class HistoryQuery(BaseModel):
     )
     verify: bool = Field(False, description="Accepted for clarity; the chain is always verified.")
 
-    @field_validator("as_of")
-    @classmethod
-    def _time(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalize_time(value)
-        except InvalidReportError as error:
-            raise ValueError(str(error)) from None
+    _times = field_validator("as_of")(rfc3339_time)
 
 
 class HistoryEvent(BaseModel):

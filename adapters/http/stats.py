@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Connection, Engine
 
-from adapters.http.api import Call, Operation, json_response
+from adapters.http.api import Call, Operation, json_response, rfc3339_time
 from adapters.http.emails import SCOPE
-from domain.reports import InvalidReportError, normalize_time
 from projections.analytics import GroupBy, StatsFilter, stats_groups
 
 T = TypeVar("T")
@@ -41,15 +40,7 @@ class StatsQuery(BaseModel):
         "day", description="day, hour (UTC), recipient_domain or use_case (default day)."
     )
 
-    @field_validator("sent_from", "sent_to")
-    @classmethod
-    def _time(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalize_time(value)
-        except InvalidReportError as error:
-            raise ValueError(str(error)) from None
+    _times = field_validator("sent_from", "sent_to")(rfc3339_time)
 
     @model_validator(mode="after")
     def _scoped(self) -> StatsQuery:
