@@ -175,16 +175,22 @@ def _is_list(annotation: Any) -> bool:
     return any(get_origin(arg) is list for arg in get_args(annotation))
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Read and validate a JSON body: 413 too large, 400 not JSON, 422 invalid."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body; 413 as soon as it is declared or read beyond `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BODY:
-        raise ApiError(413, f"the body is larger than {MAX_JSON_BODY} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the body is larger than {limit} bytes")
     raw = bytearray()
     async for chunk in request.stream():
         raw.extend(chunk)
-        if len(raw) > MAX_JSON_BODY:
-            raise ApiError(413, f"the body is larger than {MAX_JSON_BODY} bytes")
+        if len(raw) > limit:
+            raise ApiError(413, f"the body is larger than {limit} bytes")
+    return bytes(raw)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Read and validate a JSON body: 413 too large, 400 not JSON, 422 invalid."""
+    raw = await read_body(request, MAX_JSON_BODY)
     try:
         data = orjson.loads(raw or b"null")
     except orjson.JSONDecodeError as error:

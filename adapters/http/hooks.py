@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapters import receipts
-from adapters.http.api import ApiError, json_response, not_found
+from adapters.http.api import ApiError, json_response, not_found, read_body
 from adapters.ingest import Directory, GroupCommitter, Job, adopt
 from adapters.providers import handle
 from adapters.providers.base import (
@@ -78,18 +78,6 @@ def confirm_over_https(url: str) -> None:
         answer.read(65536)
 
 
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_HOOK_BODY:
-        raise ApiError(413, f"the body is larger than {MAX_HOOK_BODY} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw.extend(chunk)
-        if len(raw) > MAX_HOOK_BODY:
-            raise ApiError(413, f"the body is larger than {MAX_HOOK_BODY} bytes")
-    return bytes(raw)
-
-
 async def receive_hook(request: Request) -> Response:
     """Verify, parse and record one provider webhook request."""
     storage: Storage = request.app.state.storage
@@ -104,7 +92,7 @@ async def receive_hook(request: Request) -> Response:
         endpoint = await run_in_threadpool(hooks.directory.endpoint, storage.reader, endpoint_id)
     if endpoint is None:
         raise not_found("inbound endpoint")
-    body = await _body(request)
+    body = await read_body(request, MAX_HOOK_BODY)
     headers = dict(request.headers)
     now = utc_now()
     receipt_id = str(uuid.uuid4())
