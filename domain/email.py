@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -297,12 +298,33 @@ _HANDLERS: dict[EventKind, Callable[[EmailView, EmailEvent], None]] = {
 }
 
 
+# A batch's reports share one receipt time: its text is written once, not per event.
+_received_text = functools.lru_cache(maxsize=4)(format_time)
+
+
+def view_of(events: Iterable[EmailEvent]) -> EmailView:
+    """An email's summary and detail: its events folded in (in any order)."""
+    view: EmailView | None = None
+    for event in events:
+        if view is None:
+            view = EmailView(id=str(event.originator_id), workspace_id=event.workspace_id)
+        view.apply(event)
+    if view is None:
+        raise ValueError("an email has at least one event")
+    return view
+
+
 class Email(Aggregate):
-    """One recipient's email: its append-only, deduplicated, hash-chained log."""
+    """One recipient's email: its append-only, deduplicated, hash-chained log.
+
+    The aggregate holds only what deciding on a report needs (the keys its log holds,
+    the hash its next event follows, its workspace); what the email looks like is a
+    fold of its events (`view_of`), kept by the projections.
+    """
 
     keys: set[str]
     last_hash: str
-    view: EmailView
+    workspace_id: str
 
     @classmethod
     def blank(cls, email_id: UUID, timestamp: datetime) -> Email:
@@ -311,7 +333,21 @@ class Email(Aggregate):
         email.__base_init__(originator_id=email_id, originator_version=0, timestamp=timestamp)
         email.keys = set()
         email.last_hash = GENESIS_HASH
-        email.view = EmailView(id=str(email_id), workspace_id="")
+        email.workspace_id = ""
+        return email
+
+    @classmethod
+    def from_heads(
+        cls, email_id: UUID, timestamp: datetime, log: Iterable[tuple[int, Mapping[str, Any]]]
+    ) -> Email:
+        """The email whose log holds these (version, decoded stored state) in version
+        order: only the fields the aggregate keeps are read, so loading an email
+        builds no event objects."""
+        email = cls.blank(email_id, timestamp)
+        for version, state in log:
+            email._hold(state["workspace_id"], state["semantic_key"], state["transport_key"])
+            email.last_hash = state["hash"]
+            email.version = version
         return email
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Email:
@@ -319,7 +355,6 @@ class Email(Aggregate):
         # of every attribute cost more than the rest of recording.
         clone = copy.copy(self)
         clone.keys = set(self.keys)
-        clone.view = self.view.copy()
         clone._pending_events = list(self._pending_events)
         return clone
 
@@ -335,12 +370,15 @@ class Email(Aggregate):
         if self.holds(report):
             return False
         event_class = EVENT_CLASSES[report.event_type]
-        attributes: dict[str, Any] = {
+        values: dict[str, Any] = {
+            "originator_id": self.id,
+            "originator_version": self.version + 1,
+            "timestamp": received_at,
             "workspace_id": report.workspace_id,
             "message_id": report.message_id,
             "to_address": report.to_address,
             "event_at": report.event_at,
-            "received_at": format_time(received_at),
+            "received_at": _received_text(received_at),
             "provider": report.provider,
             "transport_key": report.scoped_transport_key,
             "semantic_key": report.semantic_key,
@@ -352,21 +390,24 @@ class Email(Aggregate):
             "prev_hash": self.last_hash,
             **report.full_detail(),
         }
-        values = dict(attributes, originator_version=self.version + 1)
         content = chain_content(event_class, values, str(self.id))
-        attributes["hash"] = chain_hash(self.last_hash, content)
-        self.trigger_event(event_class, timestamp=received_at, **attributes)
+        values["hash"] = chain_hash(self.last_hash, content)
+        event = event_class.from_values(values)
+        event.mutate(self)
+        self._pending_events.append(event)
         return True
 
     def absorb(self, event: EmailEvent) -> None:
         """Apply an event's effects (runs on record and on every replay)."""
-        self.keys.add(event.semantic_key)
-        if event.transport_key is not None:
-            self.keys.add(event.transport_key)
+        self._hold(event.workspace_id, event.semantic_key, event.transport_key)
         self.last_hash = event.hash
-        if not self.view.workspace_id:
-            self.view.workspace_id = event.workspace_id
-        self.view.apply(event)
+
+    def _hold(self, workspace_id: str, semantic_key: str, transport_key: str | None) -> None:
+        self.keys.add(semantic_key)
+        if transport_key is not None:
+            self.keys.add(transport_key)
+        if not self.workspace_id:
+            self.workspace_id = workspace_id
 
 
 def verify_chain(events: list[EmailEvent]) -> tuple[int, str, str] | None:

@@ -191,11 +191,11 @@ class Sender:
         accepted = [lifecycle.from_json(r) for r in row["reports"]]
         now = format_time(self.clock())
         self.storage.ledger.record([*accepted, lifecycle.canceled(accepted[0], now)])
-        return self.storage.ledger.get_email(uuid.UUID(email_id)).view
+        return self.storage.ledger.view_email(uuid.UUID(email_id))
 
     def _exists(self, workspace_id: str, email_id: str) -> bool:
         try:
-            email = self.storage.ledger.get_email(uuid.UUID(email_id))
+            email = self.storage.ledger.view_email(uuid.UUID(email_id))
         except EmailNotFoundError:
             return False
-        return email.view.workspace_id == workspace_id
+        return email.workspace_id == workspace_id

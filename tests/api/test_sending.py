@@ -74,7 +74,7 @@ class Sending:
         return self.storage.ledger.get_history(uuid.UUID(email_id))
 
     def view(self, email_id: str) -> EmailView:
-        return self.storage.ledger.get_email(uuid.UUID(email_id)).view
+        return self.storage.ledger.view_email(uuid.UUID(email_id))
 
     def kinds(self, email_id: str) -> list[str]:
         return [str(e.event_type) for e in self.history(email_id)]

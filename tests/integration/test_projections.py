@@ -69,7 +69,7 @@ def test_rows_match_the_aggregate(storage: Storage) -> None:
     storage.runner.catch_up_all()
     rows = {row["id"]: row for row in snapshot(storage)["emails"]}
     for email_id in {o.email_id for o in outcomes}:
-        assert rows[str(email_id)] == storage.ledger.get_email(email_id).view.as_row()
+        assert rows[str(email_id)] == storage.ledger.view_email(email_id).as_row()
     assert rows[str(outcomes[0].email_id)]["state"] == "delivered"
     assert len(snapshot(storage)["email_events"]) == 4
 

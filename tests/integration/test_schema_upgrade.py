@@ -70,7 +70,7 @@ def test_an_older_emails_table_made_by_hand_gets_the_new_columns(database_url: s
         store.runner.catch_up_all()
         row = row_of(store, outcome.email_id)
         assert (row["state"], row["try_count"]) == ("sending", 2)
-        assert row == store.ledger.get_email(outcome.email_id).view.as_row()
+        assert row == store.ledger.view_email(outcome.email_id).as_row()
     finally:
         store.close()
 
@@ -97,7 +97,7 @@ def test_dropped_columns_come_back_with_their_defaults_on_rows_kept(database_url
         store.runner.rebuild("emails")
         row = row_of(store, outcome.email_id)
         assert (row["state"], row["try_count"]) == ("sending", 2)
-        assert row == store.ledger.get_email(outcome.email_id).view.as_row()
+        assert row == store.ledger.view_email(outcome.email_id).as_row()
         # Opening an up-to-date database again changes nothing.
         store.runner.create_tables()
         with store.reader.connect() as conn:

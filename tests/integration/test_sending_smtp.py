@@ -180,10 +180,10 @@ class Smtp:
         return self.storage.ledger.get_history(uuid.UUID(email_id))[-1]
 
     def state(self, email_id: str) -> str:
-        return self.storage.ledger.get_email(uuid.UUID(email_id)).view.state
+        return self.storage.ledger.view_email(uuid.UUID(email_id)).state
 
     def tries(self, email_id: str) -> tuple[int, list[tuple[str, str | None]]]:
-        view = self.storage.ledger.get_email(uuid.UUID(email_id)).view
+        view = self.storage.ledger.view_email(uuid.UUID(email_id))
         return view.try_count, [(t["outcome"], t["response"]) for t in view.last_tries]
 
 
