@@ -13,6 +13,7 @@ from typing import Any
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 
@@ -35,11 +36,12 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
             self.datastore.get_connection() as conn,
             conn.transaction(),
             conn.cursor() as cursor,
+            conn.cursor(row_factory=tuple_row) as inserting,  # ids come back as plain tuples
         ):
             self._insert_events(cursor, stored_events, **kwargs)
             self._lock_table(cursor)
             self._notify_channel(cursor)
-            cursor.execute(
+            inserting.execute(
                 self.insert_arrays_statement,
                 (
                     [e.originator_id for e in stored_events],
@@ -48,4 +50,4 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
                     [e.state for e in stored_events],
                 ),
             )
-            return [row["notification_id"] for row in cursor.fetchall()]
+            return [row[0] for row in inserting.fetchall()]

@@ -12,7 +12,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from eventsourcing.persistence import ApplicationRecorder, StoredEvent, Transcoder
+from eventsourcing.persistence import ApplicationRecorder, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg.rows import tuple_row
@@ -28,7 +28,7 @@ from adapters.sending.provider_ids import ProviderIdsProjection
 from adapters.sending.suppression import SuppressionProjection
 from adapters.settings import Database
 from adapters.workspaces import admin_metadata
-from domain.application import EmailLedger
+from domain.application import EmailLedger, Head
 from domain.events import EmailEvent
 from domain.reports import utc_now
 from projections import default_projections
@@ -205,53 +205,53 @@ def read_log(recorder: ApplicationRecorder, after: int, limit: int) -> list[LogR
 SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
 
 
-def bulk_select(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list[StoredEvent]:
-    """The stored events of many emails in one query per chunk, in log order."""
+def load_heads(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list[Head]:
+    """Every stored event of many emails as (email id, version, decoded state), in
+    (email, version) order: one query per chunk, the states read straight from their
+    JSON (the ledger needs a few of their fields, not event objects)."""
     if isinstance(recorder, PostgresApplicationRecorder):
-        return _bulk_select_postgres(recorder, email_ids)
+        return _load_heads_postgres(recorder, email_ids)
     if isinstance(recorder, SQLiteApplicationRecorder):
-        return _bulk_select_sqlite(recorder, email_ids)
-    return [event for email_id in email_ids for event in recorder.select_events(email_id)]
+        return _load_heads_sqlite(recorder, email_ids)
+    return [
+        (email_id, event.originator_version, orjson.loads(event.state))
+        for email_id in email_ids
+        for event in recorder.select_events(email_id)
+    ]
 
 
-def _bulk_select_postgres(
+def _load_heads_postgres(
     recorder: PostgresApplicationRecorder, email_ids: Sequence[UUID]
-) -> list[StoredEvent]:
+) -> list[Head]:
     statement = SQL(
-        "SELECT originator_id, originator_version, topic, state FROM {}.{} "
+        "SELECT originator_id, originator_version, state FROM {}.{} "
         "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
     ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-    with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+    with (
+        recorder.datastore.get_connection() as conn,
+        conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+    ):
         cursor.execute(statement, [list(email_ids)])
-        return [
-            StoredEvent(
-                row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"])
-            )
-            for row in cursor.fetchall()
-        ]
+        loads = orjson.loads
+        return [(row[0], row[1], loads(row[2])) for row in cursor.fetchall()]
 
 
-def _bulk_select_sqlite(
+def _load_heads_sqlite(
     recorder: SQLiteApplicationRecorder, email_ids: Sequence[UUID]
-) -> list[StoredEvent]:
-    found: list[StoredEvent] = []
+) -> list[Head]:
+    found: list[Head] = []
     for start in range(0, len(email_ids), SQLITE_CHUNK):
         chunk = [i.hex for i in email_ids[start : start + SQLITE_CHUNK]]
         marks = ", ".join("?" * len(chunk))
         statement = (
-            f"SELECT originator_id, originator_version, topic, state "
+            f"SELECT originator_id, originator_version, state "
             f"FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
             "ORDER BY originator_id, originator_version"
         )
         with recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, chunk)
             found.extend(
-                StoredEvent(
-                    UUID(row["originator_id"]),
-                    row["originator_version"],
-                    row["topic"],
-                    row["state"],
-                )
+                (UUID(row["originator_id"]), row["originator_version"], orjson.loads(row["state"]))
                 for row in cursor.fetchall()
             )
     return found
@@ -275,7 +275,7 @@ def open_storage(
             env,
             transcoder=OrjsonTranscoder(),
             clock=clock,
-            bulk_select=bulk_select,
+            load_heads=load_heads,
         )
     except Exception as error:
         raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None

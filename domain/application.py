@@ -6,7 +6,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, cast
@@ -16,7 +16,6 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.persistence import (
     ApplicationRecorder,
     IntegrityError,
-    StoredEvent,
     Transcoder,
 )
 
@@ -29,8 +28,10 @@ from domain.reports import Report, utc_now
 # what the winner already recorded.
 MAX_ATTEMPTS = 20
 
+# One stored event of an email: (email id, version, its decoded state).
+Head = tuple[UUID, int, Mapping[str, Any]]
 # Reads the stored events of many emails in one query, in (email, version) order.
-BulkSelect = Callable[[ApplicationRecorder, Sequence[UUID]], Sequence[StoredEvent]]
+LoadHeads = Callable[[ApplicationRecorder, Sequence[UUID]], Sequence[Head]]
 
 
 class EmailNotFoundError(LookupError):
@@ -79,11 +80,11 @@ class EmailLedger(Application[UUID]):
         *,
         transcoder: Transcoder | None = None,
         clock: Callable[[], datetime] = utc_now,
-        bulk_select: BulkSelect | None = None,
+        load_heads: LoadHeads | None = None,
     ) -> None:
         self._transcoder = transcoder
         self._clock = clock
-        self._bulk_select = bulk_select
+        self._load_heads = load_heads
         self._lock = threading.Lock()
         super().__init__(env)
 
@@ -157,26 +158,15 @@ class EmailLedger(Application[UUID]):
         # an email the query does not find is new.
         cache = self.repository.cache
         missing = [i for i in email_ids if cache is None or i not in cache.cache]
-        if self._bulk_select is None or len(missing) < 2:
+        if self._load_heads is None or len(missing) < 2:
             return {}
-        logs: dict[UUID, list[tuple[int, dict[str, Any]]]] = {}
-        for stored in self._bulk_select(self.recorder, missing):
-            log = logs.setdefault(cast("UUID", stored.originator_id), [])
-            log.append((stored.originator_version, self._decode_state(stored)))
+        logs: dict[UUID, list[tuple[int, Mapping[str, Any]]]] = {}
+        for email_id, version, state in self._load_heads(self.recorder, missing):
+            logs.setdefault(email_id, []).append((version, state))
         return {
             email_id: Email.from_heads(email_id, now, logs.get(email_id, ()))
             for email_id in missing
         }
-
-    def _decode_state(self, stored: StoredEvent) -> dict[str, Any]:
-        # A stored event's attributes, as the mapper would read them, without building
-        # the event: loading an email for recording needs only a few of them.
-        data = stored.state
-        if self.mapper.cipher is not None:
-            data = self.mapper.cipher.decrypt(data)
-        if self.mapper.compressor is not None:
-            data = self.mapper.compressor.decompress(data)
-        return cast("dict[str, Any]", self.mapper.transcoder.decode(data))
 
     def _load(self, email_id: UUID, now: datetime) -> Email:
         try:
