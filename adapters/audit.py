@@ -12,17 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
 from typing import TextIO
 from uuid import UUID
 
 import orjson
-from eventsourcing.utils import resolve_topic
 from tqdm import tqdm
 
-from adapters.storage import LogRow, read_log
+from adapters.storage import LogRow, event_class, read_log
 from domain.application import EmailLedger
-from domain.events import GENESIS_HASH, EmailEvent, link_error
+from domain.events import GENESIS_HASH, link_error
 
 PAGE = 10_000
 Progress = Callable[[int], object]
@@ -68,14 +66,6 @@ def _pages(ledger: EmailLedger, page: int) -> Iterator[list[LogRow]]:
             yield rows
 
 
-@cache
-def _event_class(topic: str) -> type[EmailEvent]:
-    cls = resolve_topic(topic)
-    if not (isinstance(cls, type) and issubclass(cls, EmailEvent)):
-        raise TypeError(f"not an email event: {topic}")
-    return cls
-
-
 def _walk(
     row: LogRow,
     chains: Chains,
@@ -88,7 +78,7 @@ def _walk(
     if last is None:
         return  # already reported, or another workspace's
     try:
-        cls = _event_class(topic)
+        cls = event_class(topic)
         values = orjson.loads(state)
         values["originator_version"] = version
         # The email's first event says whose it is.

@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from functools import cache
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -15,6 +16,7 @@ import psycopg
 from eventsourcing.persistence import ApplicationRecorder, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import resolve_topic
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 from sqlalchemy import Column, Engine, String, Table, create_engine, event, select
@@ -33,7 +35,7 @@ from domain.events import EmailEvent
 from domain.reports import utc_now
 from projections import default_projections
 from projections.base import Positioned
-from projections.runner import ProjectionRunner
+from projections.runner import EmailOrderReader, EmailPlace, ProjectionRunner
 
 
 class StorageUnavailableError(RuntimeError):
@@ -160,25 +162,48 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def notification_reader(ledger: EmailLedger) -> Callable[[int, int], Sequence[Positioned]]:
-    """Read the stored events after a position, decoded, for the projections."""
-
-    def read_after(position: int, limit: int) -> list[Positioned]:
-        notifications = ledger.recorder.select_notifications(
-            start=position, limit=limit, inclusive_of_start=False
-        )
-        return [
-            Positioned(n.id, cast("EmailEvent", ledger.mapper.to_domain_event(n)))
-            for n in notifications
-        ]
-
-    return read_after
-
-
 # One stored event as the log holds it: (position, email id as text, version, topic,
 # state as stored). Reading these, rather than the library's Notification objects, skips
 # building a UUID and an object per row for walks over the whole log.
 LogRow = tuple[int, str, int, str, bytes]
+
+
+@cache
+def event_class(topic: str) -> type[EmailEvent]:
+    """The event class a stored event's topic names."""
+    cls = resolve_topic(topic)
+    if not (isinstance(cls, type) and issubclass(cls, EmailEvent)):
+        raise TypeError(f"not an email event: {topic}")
+    return cls
+
+
+def decode_rows(rows: Sequence[LogRow]) -> list[Positioned]:
+    """Stored events decoded for the projections: each state read straight from its
+    JSON into an event of its class, as the library's mapper would build it (fields a
+    class gained after the event was stored stay absent, as there). An email's id is
+    parsed once per call, however many of its events there are."""
+    ids: dict[str, UUID] = {}
+    decoded = []
+    for position, email_id, version, topic, state in rows:
+        values = orjson.loads(state)
+        originator_id = ids.get(email_id)
+        if originator_id is None:
+            originator_id = ids[email_id] = UUID(email_id)
+        values["originator_id"] = originator_id
+        values["originator_version"] = version
+        values["timestamp"] = datetime.fromisoformat(values["timestamp"])
+        event = event_class(topic).from_values(values, check=False)
+        decoded.append(Positioned(position, event))
+    return decoded
+
+
+def notification_reader(ledger: EmailLedger) -> Callable[[int, int], Sequence[Positioned]]:
+    """Read the stored events after a position, decoded, for the projections."""
+
+    def read_after(position: int, limit: int) -> list[Positioned]:
+        return decode_rows(read_log(ledger.recorder, position, limit))
+
+    return read_after
 
 
 def read_log(recorder: ApplicationRecorder, after: int, limit: int) -> list[LogRow]:
@@ -200,6 +225,58 @@ def read_log(recorder: ApplicationRecorder, after: int, limit: int) -> list[LogR
     return [
         (n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in notifications
     ]
+
+
+def email_order_reader(ledger: EmailLedger) -> EmailOrderReader:
+    """Read the stored events at or before a position email by email (each email's in
+    version order), after a place in that order, decoded, for rebuilds."""
+
+    def read_by_email(
+        head: int, after: EmailPlace | None, limit: int
+    ) -> tuple[list[Positioned], EmailPlace | None]:
+        rows = _read_by_email(ledger.recorder, head, after, limit)
+        if not rows:
+            return [], after
+        return decode_rows(rows), (rows[-1][1], rows[-1][2])
+
+    return read_by_email
+
+
+def _read_by_email(
+    recorder: ApplicationRecorder, head: int, after: EmailPlace | None, limit: int
+) -> list[LogRow]:
+    if isinstance(recorder, PostgresApplicationRecorder):
+        past = "AND (originator_id, originator_version) > (%s::uuid, %s) " if after else ""
+        statement = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state "
+            "FROM {}.{} WHERE notification_id <= %s {} "
+            "ORDER BY originator_id, originator_version LIMIT %s"
+        ).format(
+            Identifier(recorder.datastore.schema),
+            Identifier(recorder.events_table_name),
+            SQL(past),
+        )
+        with (
+            recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+        ):
+            cursor.execute(statement, (head, *(after or ()), limit))
+            return cursor.fetchall()
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        # The SQLite recorder keeps ids as hex text and positions as rowids.
+        keyset = "AND (originator_id, originator_version) > (?, ?) " if after else ""
+        query = (
+            "SELECT rowid, originator_id, originator_version, topic, state "
+            f"FROM {recorder.events_table_name} WHERE rowid <= ? {keyset}"
+            "ORDER BY originator_id, originator_version LIMIT ?"
+        )
+        place = () if after is None else (UUID(after[0]).hex, after[1])
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(query, (head, *place, limit))
+            return [
+                (row[0], str(UUID(row[1])), row[2], row[3], row[4]) for row in cursor.fetchall()
+            ]
+    raise TypeError(f"no email-ordered reads for {type(recorder).__name__}")
 
 
 SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
@@ -284,6 +361,7 @@ def open_storage(
     runner = ProjectionRunner(
         engine,
         notification_reader(ledger),
+        email_order_reader(ledger),
         ledger.head_position,
         [*default_projections(), SuppressionProjection(), ProviderIdsProjection()],
         batch_size=batch_size,

@@ -45,12 +45,13 @@ class EmailEvent(AggregateEvent):
     hash: str
 
     @classmethod
-    def from_values(cls, values: dict[str, Any]) -> Self:
+    def from_values(cls, values: dict[str, Any], *, check: bool = True) -> Self:
         """The event with these attribute values, exactly the fields of its class
         (as the library's mapper builds a stored event: without the dataclass's
-        field-by-field constructor, which costs more than the rest of recording)."""
+        field-by-field constructor, which costs more than the rest of recording).
+        `check=False` takes stored values as they are, like the mapper."""
         names = _field_names(cls)
-        if values.keys() != names:
+        if check and values.keys() != names:
             wrong = sorted(names.symmetric_difference(values))
             raise TypeError(f"{cls.__name__}: missing or unknown fields {', '.join(wrong)}")
         event = object.__new__(cls)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,13 @@ from projections.base import Positioned, Projection, metadata, tracking
 log = logging.getLogger(__name__)
 
 EventReader = Callable[[int, int], Sequence[Positioned]]
+# A place in the log's email order: (email id, version).
+EmailPlace = tuple[str, int]
+# (head, after, limit) -> up to `limit` events at or before position `head`, email by
+# email (each email's in version order) after the place `after`, and the place reached.
+EmailOrderReader = Callable[
+    [int, EmailPlace | None, int], tuple[Sequence[Positioned], EmailPlace | None]
+]
 Progress = Callable[[int], object]
 
 
@@ -95,6 +102,7 @@ class ProjectionRunner:
         self,
         engine: Engine,
         read_after: EventReader,
+        read_by_email: EmailOrderReader,
         head: Callable[[], int],
         projections: Sequence[Projection],
         *,
@@ -109,8 +117,8 @@ class ProjectionRunner:
         self.head = head
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
-        # Rebuilds read bigger batches: an email's events then share one row write.
         self.rebuild_batch_size = rebuild_batch_size
+        self.read_by_email = read_by_email
 
     def create_tables(self) -> None:
         """Create the read-model tables and tracking rows that do not exist yet, and
@@ -214,18 +222,54 @@ class ProjectionRunner:
         return self.rebuild_together([name], progress)
 
     def rebuild_together(self, names: Sequence[str], progress: Progress | None = None) -> int:
-        """Empty the named projections and rebuild them in one pass over the log."""
+        """Rebuild the named projections from position 0 in one pass over the log.
+
+        The pass reads the log email by email and hands the projections each email's
+        events together, so each email's rows are written once (not once per batch
+        its events fall in). It runs in one transaction that empties the tables and
+        ends with every position at the head it read to: queries keep seeing the old
+        rows until the new ones replace them, and a rebuild that fails leaves the
+        projections as they were. Events recorded meanwhile are past that head, and
+        the usual steps apply them afterwards.
+        """
         chosen = {name: self.get(name) for name in sorted(set(names))}
         with self.engine.begin() as conn:
-            for name, projection in chosen.items():
+            for name, projection in chosen.items():  # locks in name order, as step does
                 self._lock(conn, name)
                 for table in projection.tables:
-                    if conn.dialect.name == "postgresql":
-                        conn.execute(text(f'TRUNCATE TABLE "{table.name}"'))
-                    else:
-                        conn.execute(table.delete())
-                conn.execute(update(tracking).where(tracking.c.name == name).values(position=0))
-        return self.catch_up_together(list(chosen), progress, self.rebuild_batch_size)
+                    conn.execute(table.delete())
+            head = self.head()
+            total = 0
+            for batch in self._whole_emails(head):
+                for projection in chosen.values():
+                    projection.process(conn, batch)
+                total += len(batch)
+                if progress is not None:
+                    progress(len(batch))
+            chosen_rows = tracking.c.name.in_(list(chosen))
+            conn.execute(update(tracking).where(chosen_rows).values(position=head))
+        return total
+
+    def _whole_emails(self, head: int) -> Iterator[list[Positioned]]:
+        # Batches of about rebuild_batch_size events, each holding every event of its
+        # emails: the last email of a read may continue in the next one, so its events
+        # wait for the next batch.
+        after: EmailPlace | None = None
+        waiting: list[Positioned] = []
+        while True:
+            found, after = self.read_by_email(head, after, self.rebuild_batch_size)
+            if not found:
+                break
+            events = [*waiting, *found]
+            last = events[-1].event.originator_id
+            cut = len(events)
+            while cut > 0 and events[cut - 1].event.originator_id == last:
+                cut -= 1
+            waiting = events[cut:]
+            if cut:
+                yield events[:cut]
+        if waiting:
+            yield waiting
 
     def status(self) -> list[ProjectionStatus]:
         """Each projection's position and the head of the log."""

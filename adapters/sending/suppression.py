@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -55,38 +55,68 @@ def cause_of(event: EmailEvent) -> str | None:
 
 class SuppressionProjection:
     """Keeps `suppressions` equal to the earliest suppressing event of each address
-    since its last removal."""
+    since its last removal (earliest by event time, then receipt time, email id and
+    cause, so the entry never depends on the order events are applied in)."""
 
     name = NAME
     tables: Sequence[Table] = (suppressions,)
 
     def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+        found: dict[tuple[str, str], list[Entry]] = {}
         for item in batch:
-            cause = cause_of(item.event)
+            event = item.event
+            cause = cause_of(event)
             if cause is not None:
-                _suppress(conn, item.event, cause)
+                entry = (event.event_at, event.received_at, str(event.originator_id), cause)
+                found.setdefault((event.workspace_id, event.to_address), []).append(entry)
+        if not found:
+            return
+        removals, entries = suppression_removals.c, suppressions.c
+        removed = _by_address(conn, suppression_removals, [removals.removed_at], list(found))
+        columns = [entries.since, entries.received_at, entries.email_id, entries.cause]
+        stored = _by_address(conn, suppressions, columns, list(found))
+        added, changed = [], []
+        for key, candidates in found.items():
+            cutoff = removed.get(key)
+            eligible = [e for e in candidates if cutoff is None or e[1] > cutoff[0]]
+            if not eligible:
+                continue
+            since, received_at, email_id, cause = best = min(eligible)
+            row = {"workspace_id": key[0], "address": key[1], "cause": cause, "since": since,
+                   "email_id": email_id, "received_at": received_at}  # fmt: skip
+            current = stored.get(key)
+            if current is None:
+                added.append(row)
+            elif best < tuple(current):
+                changed.append(row)
+        if added:
+            conn.execute(suppressions.insert(), added)
+        for row in changed:
+            where = tuple_(entries.workspace_id, entries.address) == (
+                row["workspace_id"],
+                row["address"],
+            )
+            conn.execute(update(suppressions).where(where).values(**row))
 
 
-def _suppress(conn: Connection, event: EmailEvent, cause: str) -> None:
-    key = (event.workspace_id, event.to_address)
-    removals = suppression_removals.c
-    removed = conn.execute(
-        select(removals.removed_at).where(tuple_(removals.workspace_id, removals.address) == key)
-    ).scalar()
-    if removed is not None and event.received_at <= removed:
-        return
-    entry = {
-        "cause": cause,
-        "since": event.event_at,
-        "email_id": str(event.originator_id),
-        "received_at": event.received_at,
-    }
-    where = tuple_(suppressions.c.workspace_id, suppressions.c.address) == key
-    since = conn.execute(select(suppressions.c.since).where(where)).scalar()
-    if since is None:
-        conn.execute(suppressions.insert().values(workspace_id=key[0], address=key[1], **entry))
-    elif event.event_at < since:
-        conn.execute(update(suppressions).where(where).values(**entry))
+# A suppressing event as the list keeps it: (since, received_at, email_id, cause).
+Entry = tuple[str, str, str, str]
+ADDRESS_CHUNK = 400  # (workspace, address) pairs per query: under SQLite's parameter limit
+
+
+def _by_address(
+    conn: Connection, table: Table, columns: list[Any], keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[Any, ...]]:
+    # The given columns of the table's rows for these (workspace, address) keys.
+    pair = tuple_(table.c.workspace_id, table.c.address)
+    found: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for start in range(0, len(keys), ADDRESS_CHUNK):
+        query = select(table.c.workspace_id, table.c.address, *columns).where(
+            pair.in_(keys[start : start + ADDRESS_CHUNK])
+        )
+        for row in conn.execute(query):
+            found[(row[0], row[1])] = tuple(row[2:])
+    return found
 
 
 class SuppressionFollower:

@@ -15,19 +15,22 @@ from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
 from domain.reports import Report
 from projections.base import Positioned
-from projections.emails import emails
 from projections.events import email_events
 from tests.factories import report, reports
 
 
 def snapshot(store: Storage) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every read model, in a stable order."""
+    """Every row of every projection's tables, in a stable order."""
+    tables = [t for p in store.runner.projections.values() for t in p.tables]
     with store.engine.connect() as conn:
         return {
             table.name: [
-                dict(row) for row in conn.execute(select(table).order_by(table.c.id)).mappings()
+                dict(row)
+                for row in conn.execute(
+                    select(table).order_by(*table.primary_key.columns)
+                ).mappings()
             ]
-            for table in (emails, email_events)
+            for table in tables
         }
 
 
@@ -43,19 +46,22 @@ def snapshot(store: Storage) -> dict[str, list[dict[str, Any]]]:
 def test_rebuild_equals_incremental(
     storage: Storage, chunks: list[list[Report]], steps: list[int]
 ) -> None:
-    storage.runner.rebuild("emails")
-    storage.runner.rebuild("events")
+    names = list(storage.runner.projections)
+    storage.runner.rebuild_together(names)
     for chunk, step_count in zip(chunks, steps, strict=False):
         storage.ledger.record(chunk)
         for _ in range(step_count):  # follow part of the way, in small batches
-            storage.runner.step("emails")
-            storage.runner.step("events")
+            for name in names:
+                storage.runner.step(name)
     storage.runner.catch_up_all()
     incremental = snapshot(storage)
 
-    for name in ("emails", "events"):
-        storage.runner.rebuild(name)
+    storage.runner.rebuild(names[0])  # one alone
     assert snapshot(storage) == incremental
+    storage.runner.rebuild_batch_size = 3  # an email's events then span several reads
+    storage.runner.rebuild_together(names)  # all in one pass
+    assert snapshot(storage) == incremental
+    assert {s.lag for s in storage.runner.status()} == {0}
 
 
 def test_rows_match_the_aggregate(storage: Storage) -> None:
@@ -100,6 +106,18 @@ def test_a_batch_that_fails_halfway_applies_nothing(storage: Storage) -> None:
     storage.runner.projections["events"] = healthy
     storage.runner.catch_up("events")
     assert len(snapshot(storage)["email_events"]) == 5
+
+
+def test_a_rebuild_that_fails_leaves_the_projection_as_it_was(storage: Storage) -> None:
+    storage.ledger.record([report("Delivery", message_id=f"m-{i}") for i in range(5)])
+    storage.runner.catch_up_all()
+    before = snapshot(storage)
+    healthy = storage.runner.projections["events"]
+    storage.runner.projections["events"] = Exploding(healthy)
+    with pytest.raises(RuntimeError, match="mid-batch"):
+        storage.runner.rebuild("events")
+    assert snapshot(storage) == before
+    assert {s.lag for s in storage.runner.status()} == {0}
 
 
 def test_status_reports_position_and_lag(storage: Storage) -> None:
