@@ -6,6 +6,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -115,12 +116,33 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _serve(settings: Settings, storage: Storage, host: str, port: int) -> None:
+def worker_app() -> Starlette:
+    """The app of one of several serving processes (`serve --workers N`): each reads the
+    same environment, opens its own connections and runs its own group commit,
+    projection follower and send worker; the database keeps them apart (the ledger's
+    version check, the projections' tracking locks, the outbox's leases)."""
+    cli.configure_logging()
+    return create_app(Settings.from_env())
+
+
+def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> None:
+    where = f"http://{options.host}:{options.port}"
+    processes = f", {options.workers} workers" if options.workers > 1 else ""
     print(
-        f"mailledger listening on http://{host}:{port} (database {settings.database.describe()})",
+        f"mailledger listening on {where} (database {settings.database.describe()}{processes})",
         flush=True,
     )
-    uvicorn.run(create_app(settings, storage), host=host, port=port, log_level="info")
+    common: dict[str, Any] = {
+        "host": options.host,
+        "port": options.port,
+        "log_level": "info",
+        "access_log": options.access_log,
+    }
+    if options.workers == 1:
+        uvicorn.run(create_app(settings, storage), **common)
+    else:
+        # The tables exist by now (`storage` made them), so the workers only open them.
+        uvicorn.run("app:worker_app", factory=True, workers=options.workers, **common)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -22,8 +23,35 @@ from adapters.workspaces import create_workspace
 from domain.reports import InvalidReportError, normalize_time
 from projections.runner import UnknownProjectionError
 
-Serve = Callable[[Settings, Storage, str, int], None]
 EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `mailledger serve` runs: where it listens, how many processes answer."""
+
+    host: str = "127.0.0.1"
+    port: int = 8025
+    workers: int = 1
+    access_log: bool = True
+
+
+Serve = Callable[[Settings, Storage, ServeOptions], None]
+
+
+def configure_logging() -> None:
+    """Log lines on stderr (each serving process calls it too)."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service and its projections")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8025)
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes answering requests (PostgreSQL only beyond 1); about one per core",
+    )
+    serve.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="no log line per request (it costs CPU at high request rates)",
+    )
 
     workspace = commands.add_parser("workspace", help="manage workspaces")
     workspace_commands = workspace.add_subparsers(dest="action", required=True)
@@ -85,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
     """Run one command; the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_logging()
     try:
         settings = Settings.from_env()
+        if args.command == "serve":
+            _check_workers(settings, args.workers)
         storage = open_storage(
             settings.database,
             batch_size=settings.projection_batch_size,
@@ -98,7 +140,8 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
         return EXIT_USAGE
     try:
         if args.command == "serve":
-            serve(settings, storage, args.host, args.port)
+            options = ServeOptions(args.host, args.port, args.workers, args.access_log)
+            serve(settings, storage, options)
             return 0
         if args.command == "workspace":
             return _create_workspace(storage, args.name, as_json=args.json, out=out)
@@ -114,6 +157,16 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
         return EXIT_USAGE
     finally:
         storage.close()
+
+
+def _check_workers(settings: Settings, workers: int) -> None:
+    """Several serving processes need PostgreSQL: SQLite takes one writer at a time, so
+    more processes would only queue on its lock (and each runs a group commit)."""
+    if workers > 1 and settings.database.kind == "sqlite":
+        raise SettingsError(
+            f"--workers {workers} needs PostgreSQL (MAILLEDGER_DATABASE_URL=postgresql://...); "
+            "SQLite serves with one worker"
+        )
 
 
 def _create_workspace(storage: Storage, name: str, *, as_json: bool, out: TextIO) -> int:

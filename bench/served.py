@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -24,10 +24,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
-    """`mailledger serve` on `port` over the database `url`, once /healthz answers."""
+def start(
+    url: str, port: int, options: Sequence[str] = (), **env: str
+) -> subprocess.Popen[bytes]:
+    """`mailledger serve` on `port` over the database `url`, with more `options` of the
+    command, once /healthz answers."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        [sys.executable, "-m", "app", "serve", "--port", str(port), *options],
         env=dict(os.environ, MAILLEDGER_DATABASE_URL=url, **env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -46,10 +49,10 @@ def start(url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def served(url: str, **env: str) -> Iterator[str]:
+def served(url: str, options: Sequence[str] = (), **env: str) -> Iterator[str]:
     """The service on a free port for the length of the block; its base URL."""
     port = free_port()
-    process = start(url, port, **env)
+    process = start(url, port, options, **env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -79,12 +79,24 @@ def test_projections_status_and_rebuild(
     assert rows["emails"] == rows["suppressions"] == ["12", "12", "0"]
 
 
-def test_rebuild_of_an_unknown_projection_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["projections", "rebuild", "nope"], "no projection 'nope'"),
+        # SQLite takes one writer at a time: more processes would only queue on it.
+        (["serve", "--workers", "2"], "--workers 2 needs PostgreSQL"),
+    ],
+)
+def test_a_command_that_cannot_run_on_sqlite_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
 ) -> None:
-    status, _ = run(monkeypatch, f"sqlite:///{tmp_path / 'x.db'}", "projections", "rebuild", "nope")
+    status, _ = run(monkeypatch, f"sqlite:///{tmp_path / 'x.db'}", *argv)
     assert status == 2
-    assert "no projection 'nope'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -210,3 +222,20 @@ def test_receipts_replay_records_nothing_new_on_a_healthy_ledger(
     assert out == "replayed 1 receipts: 0 events recorded, 1 already held, 0 still unparseable\n"
     status, out = run(monkeypatch, database_url, "receipts", "replay", "--dead-letters")
     assert out.startswith("replayed 0 receipts")
+
+
+def test_serve_with_no_workers_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(monkeypatch, f"sqlite:///{tmp_path / 'w.db'}", "serve", "--workers", "0")
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_serve_options_reach_the_server(monkeypatch: pytest.MonkeyPatch, postgres_url: str) -> None:
+    seen: list[cli.ServeOptions] = []
+    monkeypatch.setenv("MAILLEDGER_DATABASE_URL", postgres_url)
+    argv = ["serve", "--port", "9", "--workers", "3", "--no-access-log"]
+    assert cli.run(argv, serve=lambda _s, _st, options: seen.append(options)) == 0
+    assert seen == [cli.ServeOptions("127.0.0.1", 9, workers=3, access_log=False)]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2 as httpx
@@ -14,9 +16,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from adapters.settings import Settings, parse_database_url
-from adapters.storage import Storage, make_engine
+from adapters.storage import Storage, make_engine, open_storage
 from app import create_app
-from bench.served import free_port
+from bench.served import free_port, start
+from domain.reports import email_id_for
+from tests.api.apiclient import make_tenant
+from tests.unit.providers import signing
 
 
 @pytest.fixture
@@ -89,3 +94,50 @@ def test_serve_listens_and_says_where(tmp_path: Path) -> None:
         process.wait(timeout=20)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_two_workers_on_postgresql_answer_and_record_a_webhook_once(postgres_url: str) -> None:
+    store = open_storage(parse_database_url(postgres_url))
+    tenant = make_tenant(store)
+    store.close()
+    port = free_port()
+    process = start(postgres_url, port, ["--workers", "2", "--no-access-log"])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        url = httpx.post(
+            f"{base}/v1/{tenant.workspace_id}/email/inbound",
+            json={"provider": "generic", "secret": signing.GENERIC_SECRET},
+            headers=tenant.headers(),
+        ).json()["url"]
+        event = {
+            "event_type": "Delivery",
+            "message_id": "relay-1",
+            "to_address": "rcpt@example.com",
+            "event_at": "2025-03-14T19:00:00Z",
+            "event_id": "evt-1",
+        }
+        body = json.dumps([event]).encode()
+        answers = []
+        # A new connection each time, so that both processes are likely to answer:
+        # the same event again, under new webhook-ids, is a duplicate whichever does.
+        for n in range(6):
+            headers = signing.generic_headers(
+                body, webhook_id=f"msg_{n}", timestamp=datetime.now(UTC)
+            )
+            answer = httpx.post(f"{base}{url}", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json())
+        assert [a["recorded"] for a in answers] == [1, 0, 0, 0, 0, 0]
+        assert [a["duplicates"] for a in answers] == [0, 1, 1, 1, 1, 1]
+        email_id = email_id_for(tenant.workspace_id, "relay-1", "rcpt@example.com")
+        detail = f"{base}/v1/{tenant.workspace_id}/email/{email_id}"
+        for _ in range(100):  # one of the workers' projection followers fills the view
+            shown = httpx.get(detail, headers=tenant.headers())
+            if shown.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["state"] == "delivered"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
