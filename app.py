@@ -22,7 +22,12 @@ from adapters.http.emails import email_operations
 from adapters.http.errors import exception_handlers
 from adapters.http.health import healthz
 from adapters.http.history import history_operations
-from adapters.http.hooks import Hooks, confirm_over_https, receive_hook
+from adapters.http.hooks import (
+    Hooks,
+    RememberedCertificates,
+    confirm_over_https,
+    receive_hook,
+)
 from adapters.http.openapi import docs_init, docs_page, openapi_document, openapi_endpoint
 from adapters.http.sending import sending_operations
 from adapters.http.stats import stats_operations
@@ -60,7 +65,7 @@ def create_app(
         committer.start()
         app.state.hooks = Hooks(
             committer,
-            certificates or SnsCertificates(settings.sns_cert_dir),
+            RememberedCertificates(certificates or SnsCertificates(settings.sns_cert_dir)),
             confirm_subscription,
         )
         sender = SendWorker(store)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from adapters import admin_store, receipts
 from adapters.providers import PROVIDERS
-from adapters.providers.base import Endpoint, PayloadError
+from adapters.providers.base import Endpoint, NeedsIOError, PayloadError
 from adapters.receipts import Outcome, Receipt
 from adapters.sending.provider_ids import link_relay_ids
 from adapters.storage import Storage
@@ -54,10 +54,12 @@ class Directory:
             return True, hit[1]
         return False, None
 
-    def _cached(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
+    def _cached(self, key: tuple[str, ...], load: Callable[[], Any], offline: bool) -> Any:
         known, value = self.fresh(key)
         if known:
             return value
+        if offline:
+            raise NeedsIOError(f"{key[0]} not looked up lately")
         now = time.monotonic()
         value = load()
         with self._lock:
@@ -73,25 +75,33 @@ class Directory:
             stored = admin_store.get_endpoint(engine, endpoint_id)
             return None if stored is None else as_endpoint(stored)
 
-        found: Endpoint | None = self._cached(("endpoint", endpoint_id), load)
+        found: Endpoint | None = self._cached(("endpoint", endpoint_id), load, offline=False)
         return found
 
-    def setup_for_domain(self, engine: Engine, workspace_id: str, domain: str) -> str | None:
-        """The id of the workspace's setup for a sending domain, if it has one."""
+    def setup_for_domain(
+        self, engine: Engine, workspace_id: str, domain: str, *, offline: bool = False
+    ) -> str | None:
+        """The id of the workspace's setup for a sending domain, if it has one;
+        `offline`, only from memory (NeedsIOError when it would take a query)."""
 
         def load() -> str | None:
             setup = admin_store.find_setup_by_domain(engine, workspace_id, domain)
             return None if setup is None else setup.id
 
-        found: str | None = self._cached(("setup", workspace_id, domain), load)
+        found: str | None = self._cached(("setup", workspace_id, domain), load, offline)
         return found
 
 
 def adopt(
-    directory: Directory, engine: Engine, endpoint: Endpoint, reports: Sequence[Report]
+    directory: Directory,
+    engine: Engine,
+    endpoint: Endpoint,
+    reports: Sequence[Report],
+    *,
+    offline: bool = False,
 ) -> list[Report]:
     """File reports under a setup (SPEC 4.3): the endpoint's, else the workspace's setup
-    for the sender's domain, else none."""
+    for the sender's domain, else none. `offline`: NeedsIOError rather than a query."""
     if endpoint.setup_id is not None:
         return [r if r.setup_id else replace(r, setup_id=endpoint.setup_id) for r in reports]
 
@@ -99,7 +109,7 @@ def adopt(
         domain = (report.from_address or "").rpartition("@")[2].lower()
         if report.setup_id is not None or not domain:
             return report.setup_id
-        return directory.setup_for_domain(engine, endpoint.workspace_id, domain)
+        return directory.setup_for_domain(engine, endpoint.workspace_id, domain, offline=offline)
 
     return [
         r if (setup := setup_for(r)) == r.setup_id else replace(r, setup_id=setup) for r in reports

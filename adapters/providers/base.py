@@ -47,6 +47,11 @@ class CertificateUnavailableError(Exception):
     """A signing certificate cannot be had right now (503, so the provider retries)."""
 
 
+class NeedsIOError(Exception):
+    """Going on needs the database or the network, which a request interpreted on the
+    event loop must not wait for: the caller interprets it again in a worker thread."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One inbound endpoint: a provider account and what verifies its requests."""

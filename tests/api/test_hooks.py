@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from eventsourcing.persistence import OperationalError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,9 +22,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from adapters import receipts as receipt_store
+from adapters.http.hooks import RememberedCertificates
 from adapters.ingest import GroupCommitter, Job, replay
 from adapters.providers import generic
-from adapters.providers.base import PayloadError
+from adapters.providers.base import NeedsIOError, PayloadError
 from adapters.receipts import Receipt, receipt_outcomes, receipts
 from adapters.settings import Settings
 from adapters.storage import Storage
@@ -224,6 +226,37 @@ def test_ses_bounce_through_sns_records_one_event_per_recipient(service: Service
         url, content=body, headers={"x-amz-sns-message-type": "Notification"}
     )
     assert again.json()["duplicates"] == recipients
+
+
+def test_ses_requests_after_the_first_answer_as_the_first_did(service: Service) -> None:
+    # The first request's certificate is read in a worker thread; later ones are
+    # verified from memory, on the event loop, and must refuse and record the same.
+    url = service.endpoint("ses", sns_topic_arns=[signing.TOPIC])
+    headers = {"x-amz-sns-message-type": "Notification"}
+    first = service.client.post(url, content=signing.sns_body("delivery"), headers=headers)
+    forged = signing.sns_body(
+        "bounce", key=rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    refused = service.client.post(url, content=forged, headers=headers)
+    genuine = service.client.post(url, content=signing.sns_body("bounce"), headers=headers)
+
+    assert first.json()["recorded"] == 1
+    assert refused.status_code == 401
+    assert genuine.json()["recorded"] >= 1
+    assert service.receipts() == 3
+    assert service.outcomes() == ["recorded", "refused", "recorded"]
+
+
+def test_remembered_certificates_answer_offline_only_what_was_read() -> None:
+    source = signing.StaticCertificates(b"pem")
+    remembered = RememberedCertificates(source)
+    with pytest.raises(NeedsIOError):
+        remembered.offline().pem_for("https://sns.example/a.pem")
+    assert remembered.pem_for("https://sns.example/a.pem") == b"pem"
+    assert remembered.offline().pem_for("https://sns.example/a.pem") == b"pem"
+    with pytest.raises(NeedsIOError):
+        remembered.offline().pem_for("https://sns.example/b.pem")
+    assert source.asked == ["https://sns.example/a.pem"]
 
 
 def test_sns_topic_not_configured_is_403(service: Service) -> None:
