@@ -26,7 +26,7 @@ from adapters.http.hooks import RememberedCertificates
 from adapters.ingest import GroupCommitter, Job, replay
 from adapters.providers import generic
 from adapters.providers.base import NeedsIOError, PayloadError
-from adapters.receipts import Receipt, receipt_outcomes, receipts
+from adapters.receipts import Outcome, Receipt, receipt_outcomes, receipts
 from adapters.settings import Settings
 from adapters.storage import Storage
 from app import create_app
@@ -350,6 +350,33 @@ def test_postmark_basic_auth(service: Service) -> None:
 
 
 # --- group commit and redelivery -----------------------------------------------------------
+
+
+def test_receipts_and_outcomes_read_back_as_they_were_stored(storage: Storage) -> None:
+    kept = Receipt(
+        "r-1",
+        "e",
+        "w",
+        "generic",
+        "2025-03-14T00:00:00.000000Z",
+        {"content-type": "application/json", "webhook-id": "tab\there, \\N"},
+        b"\x00\xff{}\\.\t\n\r",
+        True,
+    )
+    outcomes = [
+        Outcome("r-1", "2025-03-14T00:00:01.000000Z", "recorded", 200, 2, 1, 0),
+        Outcome(
+            "r-1",
+            "2025-03-14T00:00:02.000000Z",
+            "dead_letter",
+            400,
+            message="line\nbreak\ttab \\N",
+            replay=True,
+        ),
+    ]
+    receipt_store.save(storage.engine, [kept], outcomes)
+    assert list(receipt_store.for_replay(storage.engine)) == [kept]
+    assert receipt_store.outcomes_of(storage.engine, "r-1") == outcomes
 
 
 def test_concurrent_requests_share_transactions(storage: Storage) -> None:
