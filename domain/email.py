@@ -391,7 +391,7 @@ class Email(Aggregate):
             **report.full_detail(),
         }
         content = chain_content(event_class, values, str(self.id))
-        values["hash"] = chain_hash(self.last_hash, content)
+        values["hash"] = chain_hash(self.last_hash, content, plain=report.is_plain)
         event = event_class.from_values(values)
         event.mutate(self)
         self._pending_events.append(event)

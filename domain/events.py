@@ -114,9 +114,9 @@ def _chained_names(cls: type[EmailEvent]) -> tuple[str, ...]:
     )
 
 
-def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
-    """The hash that links an event to the one before it."""
-    return hashlib.sha256(prev_hash.encode() + canonical_json(content)).hexdigest()
+def chain_hash(prev_hash: str, content: dict[str, Any], *, plain: bool = False) -> str:
+    """The hash that links an event to the one before it (`plain`: see canonical_json)."""
+    return hashlib.sha256(prev_hash.encode() + canonical_json(content, plain=plain)).hexdigest()
 
 
 def chain_content(

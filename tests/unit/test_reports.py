@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.events import EVENT_CLASSES, EmailEvent
-from domain.reports import DETAIL_FIELDS, InvalidReportError, email_id_for, normalize_time
+from domain.reports import (
+    DETAIL_FIELDS,
+    InvalidReportError,
+    email_id_for,
+    format_time,
+    normalize_time,
+)
 from tests.factories import report
 
 
 def test_times_of_any_rfc3339_form_normalize_to_utc_microseconds() -> None:
     assert normalize_time("2025-03-14T19:04:01Z") == "2025-03-14T19:04:01.000000Z"
     assert normalize_time("2025-03-14T21:04:01.16025+02:00") == "2025-03-14T19:04:01.160250Z"
+
+
+@given(
+    st.datetimes(
+        timezones=st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+    )
+)
+def test_time_text_is_fixed_width_utc_with_microseconds(moment: datetime) -> None:
+    text = format_time(moment)
+    assert text == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.astimezone(UTC).year >= 1000:
+        assert len(text) == 27
 
 
 def test_a_time_without_zone_is_refused() -> None:
