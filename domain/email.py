@@ -170,14 +170,19 @@ class EmailView:
     def apply(self, event: EmailEvent) -> None:
         """Fold one event in; commutative, so any order gives the same view."""
         self.updated_at = _latest(self.updated_at, event.received_at)
-        self.first_event_at = _earliest(self.first_event_at, event.event_at)
-        self._apply_identity(event)
+        self.apply_origin(event)
         handler = _HANDLERS.get(event.event_type)
         if handler is not None:
             handler(self, event)
         attempt = transport_try(event)
         if attempt is not None:
             self._apply_try(event, attempt)
+
+    def apply_origin(self, event: EmailEvent) -> None:
+        """Fold in only what says who sent the email, to whom and when (the identity
+        fields and `sent_at`), as `apply` does."""
+        self.first_event_at = _earliest(self.first_event_at, event.event_at)
+        self._apply_identity(event)
 
     def _apply_try(self, event: EmailEvent, attempt: dict[str, Any]) -> None:
         # Keeps the LAST_TRIES greatest (event_at, semantic key): a top-k of a set, so

@@ -49,7 +49,7 @@ from domain.email import EmailView
 from domain.events import EmailEvent
 from domain.reports import EventType
 from projections.base import Positioned, metadata
-from projections.bulk import upsert_rows
+from projections.bulk import insert_rows, upsert_rows
 from projections.emails import TIME
 
 # Outcomes an email has had at least once (0 or 1 each, so SUM counts emails).
@@ -125,7 +125,7 @@ class Cohort:
 
     def apply(self, event: EmailEvent) -> None:
         """Fold one event in; commutative, like EmailView.apply."""
-        self.identity.apply(event)
+        self.identity.apply_origin(event)
         kind = event.event_type
         flag = _SETS.get(kind)
         if flag is not None:
@@ -245,11 +245,14 @@ class AnalyticsProjection:
     name = "analytics"
     tables: Sequence[Table] = (email_analytics, HOURLY.table, DAILY_DOMAINS.table)
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
         grouped: dict[str, list[EmailEvent]] = {}
         for item in batch:
             grouped.setdefault(str(item.event.originator_id), []).append(item.event)
-        before = {row["id"]: dict(row) for row in _existing(conn, list(grouped))}
+        stored = [] if whole_emails else _existing(conn, list(grouped))
+        before = {row["id"]: dict(row) for row in stored}
         changes: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
         for email_id, events in grouped.items():
             old = before.get(email_id)
@@ -257,7 +260,8 @@ class AnalyticsProjection:
             for event in events:
                 cohort.apply(event)
             changes.append((old, cohort.as_row()))
-        upsert_rows(conn, email_analytics, [new for _, new in changes])
+        rows = [new for _, new in changes]
+        (insert_rows if whole_emails else upsert_rows)(conn, email_analytics, rows)
         for rollup in (HOURLY, DAILY_DOMAINS):
             _move(conn, rollup, changes)
 

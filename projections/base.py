@@ -36,5 +36,13 @@ class Projection(Protocol):
     name: str
     tables: Sequence[Table]
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
-        """Apply the batch (in position order) inside the caller's transaction."""
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
+        """Apply the batch (in position order) inside the caller's transaction.
+
+        `whole_emails`: the batch holds every event of each of its emails, in any
+        order, and nothing of them was applied before (a rebuild, see
+        `ProjectionRunner.rebuild_together`), so their rows can be written without
+        looking for stored ones first.
+        """

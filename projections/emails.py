@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from domain.email import EmailView
 from projections.base import Positioned, metadata
-from projections.bulk import upsert_rows
+from projections.bulk import insert_rows, upsert_rows
 
 TIME = String(27)  # RFC 3339 UTC with microseconds: fixed width, sorts as time
 
@@ -109,11 +109,14 @@ class EmailsProjection:
     name = "emails"
     tables: Sequence[Table] = (emails,)
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
         grouped: dict[str, list[Positioned]] = {}
         for item in batch:
             grouped.setdefault(str(item.event.originator_id), []).append(item)
-        views = {row["id"]: EmailView.from_row(row) for row in existing(conn, list(grouped))}
+        stored = [] if whole_emails else existing(conn, list(grouped))
+        views = {row["id"]: EmailView.from_row(row) for row in stored}
         for email_id, items in grouped.items():
             view = views.get(email_id)
             if view is None:
@@ -122,7 +125,8 @@ class EmailsProjection:
                 )
             for item in items:
                 view.apply(item.event)
-        upsert_rows(conn, emails, [views[email_id].as_row() for email_id in grouped])
+        rows = [views[email_id].as_row() for email_id in grouped]
+        (insert_rows if whole_emails else upsert_rows)(conn, emails, rows)
 
 
 STATES = (

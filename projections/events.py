@@ -68,7 +68,9 @@ class EventsProjection:
     name = "events"
     tables: Sequence[Table] = (email_events,)
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
         rows = [
             {
                 "id": event_id(item.event.originator_id, item.event.originator_version),

@@ -242,7 +242,7 @@ class ProjectionRunner:
             total = 0
             for batch in self._whole_emails(head):
                 for projection in chosen.values():
-                    projection.process(conn, batch)
+                    projection.process(conn, batch, whole_emails=True)
                 total += len(batch)
                 if progress is not None:
                     progress(len(batch))

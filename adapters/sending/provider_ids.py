@@ -42,7 +42,9 @@ class ProviderIdsProjection:
     name = NAME
     tables: Sequence[Table] = (provider_ids,)
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
         rows = [
             {
                 "workspace_id": item.event.workspace_id,

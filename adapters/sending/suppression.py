@@ -61,7 +61,9 @@ class SuppressionProjection:
     name = NAME
     tables: Sequence[Table] = (suppressions,)
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
         found: dict[tuple[str, str], list[Entry]] = {}
         for item in batch:
             event = item.event

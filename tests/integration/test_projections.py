@@ -89,8 +89,10 @@ class Exploding:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def process(self, conn: Connection, batch: Sequence[Positioned]) -> None:
-        self.inner.process(conn, batch)
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
+        self.inner.process(conn, batch, whole_emails=whole_emails)
         raise RuntimeError("process died mid-batch")
 
 
