@@ -62,7 +62,6 @@ def create_app(
             )
         app.state.storage = store
         committer = GroupCommitter(store)
-        committer.start()
         app.state.hooks = Hooks(
             committer,
             RememberedCertificates(certificates or SnsCertificates(settings.sns_cert_dir)),
@@ -83,8 +82,8 @@ def create_app(
         try:
             yield
         finally:
+            await committer.drain()
             sender.stop()
-            committer.stop()
             stop.set()
             if follower.is_alive():
                 follower.join(timeout=30)

@@ -1,17 +1,16 @@
 """From verified webhook bodies to committed events: adoption, group commit, replay.
 
-Concurrent requests hand their receipts and reports to one `GroupCommitter` thread,
-which stores the receipts, records every report of the group in one ledger
-transaction, then stores each request's outcome; each request hears back only after
-that. So a provider that posts one event per request (SNS) costs a transaction per
+Concurrent requests hand their receipts and reports to one `GroupCommitter`, which
+stores the receipts of all waiting requests, records every report of the group in one
+ledger transaction, then stores each request's outcome; each request hears back only
+after that. So a provider that posts one event per request (SNS) costs a transaction per
 group, not per request, and nothing is acknowledged before it is durable.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from adapters import admin_store, receipts
 from adapters.providers import PROVIDERS
@@ -134,7 +134,6 @@ class Job:
     ignored: int = 0
     outcome: Outcome | None = None  # set when the request records nothing (401, 400)
     used_keys: list[str] = field(default_factory=list)
-    future: concurrent.futures.Future[Tally] = field(default_factory=concurrent.futures.Future)
 
 
 def _outcome_of(job: Job, recorded: int, duplicates: int, now: str, replay: bool) -> Outcome:
@@ -175,58 +174,62 @@ def commit(storage: Storage, jobs: Sequence[Job], *, replay: bool = False) -> li
 
 
 class GroupCommitter:
-    """One thread that commits the jobs of concurrent requests together."""
+    """Commits the jobs of concurrent requests together, one group at a time.
+
+    It lives on the event loop: requests hand in jobs there, and each group goes to a
+    worker thread in one hop, so a request costs no thread handoff of its own (a hop
+    per request cost more CPU than the rest of answering it).
+    """
 
     def __init__(self, storage: Storage, max_reports: int = 5000) -> None:
         self._storage = storage
         self._max_reports = max_reports
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._waiting: list[tuple[Job, asyncio.Future[Tally]]] = []
+        self._committing: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start taking jobs."""
-        self._thread.start()
+    async def commit(self, job: Job) -> Tally:
+        """What became of the job's reports, once the job is committed (raises what the
+        database raised when it could not be)."""
+        done: asyncio.Future[Tally] = asyncio.get_running_loop().create_future()
+        self._waiting.append((job, done))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_waiting())
+        return await done
 
-    def stop(self) -> None:
-        """Finish the jobs already handed in, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    async def drain(self) -> None:
+        """Wait until the jobs already handed in are committed."""
+        if self._committing is not None:
+            await asyncio.shield(self._committing)
 
-    def submit(self, job: Job) -> concurrent.futures.Future[Tally]:
-        """Hand a job in; its future resolves once the job is committed."""
-        self._queue.put(job)
-        return job.future
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group, size, stopping = [first], len(first.reports), False
-            while size < self._max_reports:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                group.append(more)
-                size += len(more.reports)
-            self._commit(group)
-            if stopping:
-                return
-
-    def _commit(self, group: list[Job]) -> None:
+    async def _commit_waiting(self) -> None:
         try:
-            tallies = commit(self._storage, group)
+            while self._waiting:
+                await self._commit_group(self._next_group())
+        finally:
+            self._committing = None
+
+    def _next_group(self) -> list[tuple[Job, asyncio.Future[Tally]]]:
+        size, taken = 0, 0
+        for job, _ in self._waiting:
+            if taken and size + len(job.reports) > self._max_reports:
+                break
+            size, taken = size + len(job.reports), taken + 1
+        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return group
+
+    async def _commit_group(self, group: list[tuple[Job, asyncio.Future[Tally]]]) -> None:
+        jobs = [job for job, _ in group]
+        try:
+            tallies = await run_in_threadpool(commit, self._storage, jobs)
         except Exception as error:  # every request of the group answers 5xx and is retried
             log.warning("group commit of %d requests failed: %s", len(group), error)
-            for job in group:
-                job.future.set_exception(error)
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(error)
             return
-        for job, tally in zip(group, tallies, strict=True):
-            job.future.set_result(tally)
+        for (_, done), tally in zip(group, tallies, strict=True):
+            if not done.done():  # a request whose client went away is not waiting
+                done.set_result(tally)
 
 
 @dataclass

@@ -10,7 +10,6 @@ retries. Every request that names a known endpoint is kept as a receipt.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import urllib.request
 import uuid
@@ -150,7 +149,7 @@ class HookRequest:
         """Keep the receipt of a request that records nothing, with its outcome."""
         done = Outcome(self.receipt_id, format_time(self.now), outcome, status, message=message)
         job = Job(self.receipt(verified), [], outcome=done)
-        await asyncio.wrap_future(self.hooks.committer.submit(job))
+        await self.hooks.committer.commit(job)
 
     async def refuse(self, status: int, outcome: str, message: str, verified: bool) -> Response:
         """Keep the receipt, then answer `status`."""
@@ -221,7 +220,7 @@ async def receive_hook(request: Request) -> Response:
             return await hook.refuse(503, "unconfirmed", reason, verified=True)
 
     job = Job(hook.receipt(True), reports, ignored=len(parsed.ignored), used_keys=guard.keys)
-    tally = await asyncio.wrap_future(hooks.committer.submit(job))
+    tally = await hooks.committer.commit(job)
     return json_response(_tally(len(reports), tally.recorded, tally.duplicates, tally.ignored))
 
 

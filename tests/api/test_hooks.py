@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-import threading
 import urllib.error
 import uuid
 from collections.abc import Iterator
@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 
 from adapters import receipts as receipt_store
 from adapters.http.hooks import RememberedCertificates
-from adapters.ingest import GroupCommitter, Job, replay
+from adapters.ingest import GroupCommitter, Job, Tally, replay
 from adapters.providers import generic
 from adapters.providers.base import NeedsIOError, PayloadError
 from adapters.receipts import Outcome, Receipt, receipt_outcomes, receipts
@@ -379,7 +379,8 @@ def test_receipts_and_outcomes_read_back_as_they_were_stored(storage: Storage) -
     assert receipt_store.outcomes_of(storage.engine, "r-1") == outcomes
 
 
-def test_concurrent_requests_share_transactions(storage: Storage) -> None:
+def counted_records(storage: Storage) -> list[int]:
+    """The number of reports of each `ledger.record` call from now on."""
     calls: list[int] = []
     healthy = storage.ledger.record
 
@@ -388,8 +389,21 @@ def test_concurrent_requests_share_transactions(storage: Storage) -> None:
         return healthy(reports)
 
     storage.ledger.record = counting  # type: ignore[method-assign]
+    return calls
+
+
+def commit_concurrently(committer: GroupCommitter, jobs: list[Job]) -> list[Tally]:
+    """The jobs handed in at once, as concurrent requests hand them in."""
+
+    async def concurrently() -> list[Tally]:
+        return await asyncio.gather(*(committer.commit(job) for job in jobs))
+
+    return asyncio.run(concurrently())
+
+
+def test_concurrent_requests_share_transactions(storage: Storage) -> None:
+    calls = counted_records(storage)
     committer = GroupCommitter(storage)
-    gate = threading.Event()
     jobs = [
         Job(
             Receipt(
@@ -404,22 +418,32 @@ def test_concurrent_requests_share_transactions(storage: Storage) -> None:
         for n in range(40)
     ]
 
-    def submit(job: Job) -> None:
-        gate.wait()
-        committer.submit(job)
-
-    threads = [threading.Thread(target=submit, args=(job,)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    gate.set()
-    for thread in threads:
-        thread.join()
-    committer.start()
-    tallies = [job.future.result(timeout=30) for job in jobs]
-    committer.stop()
+    tallies = commit_concurrently(committer, jobs)
     assert sum(t.recorded for t in tallies) == 40
     assert sum(calls) == 40
     assert len(calls) < 40
+
+
+def test_a_group_is_at_most_max_reports_unless_one_request_is_bigger(storage: Storage) -> None:
+    committer = GroupCommitter(storage, max_reports=3)
+    calls = counted_records(storage)
+    endpoint = signing.endpoint("generic")
+    sizes = [2, 1, 5, 1, 1, 1]
+    jobs = [
+        Job(
+            Receipt(f"r-{n}", "e", "w", "generic", "2025-03-14T00:00:00.000000Z", {}, b"", True),
+            generic.parse(
+                json.dumps([generic_event(10 * n + i) for i in range(size)]).encode(),
+                endpoint,
+                None,
+            ).reports,
+        )
+        for n, size in enumerate(sizes)
+    ]
+
+    tallies = commit_concurrently(committer, jobs)
+    assert [t.recorded for t in tallies] == sizes
+    assert calls == [3, 5, 3]
 
 
 @settings(
