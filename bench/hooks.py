@@ -4,7 +4,9 @@
 - single: SNS-style requests, one SES Delivery notification each (RSA-signed, the
   certificate pinned in MAILLEDGER_SNS_CERT_DIR), 64 in flight at once.
 
-Every request carries events for new emails, so every event is recorded.
+Every request carries events for new emails, so every event is recorded. The service
+runs as it would be deployed for throughput: a worker process per core and no access
+log (`mailledger serve --workers N --no-access-log`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ from bench.served import served
 TOPIC = "arn:aws:sns:us-east-1:123456789012:bench"
 CERT_NAME = "SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"
 CERT_URL = f"https://sns.us-east-1.amazonaws.com/{CERT_NAME}"
+
+
+def serve_options() -> list[str]:
+    """How the service is started: a worker process per core, no line per request."""
+    return ["--workers", str(os.cpu_count() or 1), "--no-access-log"]
 
 
 def _certificate(key: rsa.RSAPrivateKey) -> bytes:
@@ -144,7 +151,7 @@ def measure(url: str, batches: int, singles: int) -> dict[str, float]:
     )
     with tempfile.TemporaryDirectory() as cert_dir:
         Path(cert_dir, CERT_NAME).write_bytes(_certificate(rsa_key))
-        with served(url, MAILLEDGER_SNS_CERT_DIR=cert_dir) as base:
+        with served(url, serve_options(), MAILLEDGER_SNS_CERT_DIR=cert_dir) as base:
             with httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {made.api_key}"}
             ) as client:
