@@ -128,6 +128,14 @@ def make_engine(database: Database, *, reads_only: bool = False) -> Engine:
     if reads_only:
         common["isolation_level"] = "AUTOCOMMIT"
     if database.kind == "postgresql":
+        connect_args: dict[str, Any] = {"connect_timeout": 5}
+        if not reads_only:
+            # The writer's statements are mostly batch lookups (`id = ANY(array)`), which
+            # the driver prepares once they repeat. A generic plan (PostgreSQL's choice
+            # after five runs) searches the array linearly for every row it scans and
+            # keeps the plan it made when the table was small; a plan made for each
+            # array hashes it and fits the table's size (about 10x faster here).
+            connect_args["options"] = "-c plan_cache_mode=force_custom_plan"
         return create_engine(
             database.sqlalchemy_url,
             # No ping per checkout (it doubles every query's round trips): a dropped
@@ -135,7 +143,7 @@ def make_engine(database: Database, *, reads_only: bool = False) -> Engine:
             # pool's connections, so the service recovers by itself.
             pool_size=4,
             max_overflow=8,
-            connect_args={"connect_timeout": 5},
+            connect_args=connect_args,
             **common,
         )
     engine = create_engine(database.sqlalchemy_url, connect_args={"timeout": 30}, **common)
