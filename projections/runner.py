@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, inspect, select, text, update
+from sqlalchemy import Column, Connection, Engine, Table, bindparam, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.schema import CreateTable
 
@@ -147,11 +147,18 @@ class ProjectionRunner:
             names = ", ".join(sorted(self.projections))
             raise UnknownProjectionError(f"no projection {name!r} (known: {names})") from None
 
-    def _lock(self, conn: Connection, name: str) -> int:
-        query = select(tracking.c.position).where(tracking.c.name == name)
+    def _lock(self, conn: Connection, names: Sequence[str]) -> dict[str, int]:
+        """Lock the named projections' tracking rows (in name order, so two runners
+        never wait on each other in a cycle); their positions."""
+        query = select(tracking.c.name, tracking.c.position).where(tracking.c.name.in_(names))
+        query = query.order_by(tracking.c.name)
         if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        return int(conn.execute(query).scalar_one())
+            query = query.with_for_update()  # rows are locked as the sort returns them
+        positions = {name: int(position) for name, position in conn.execute(query)}
+        missing = set(names).difference(positions)
+        if missing:
+            raise UnknownProjectionError(f"no tracking row for {', '.join(sorted(missing))}")
+        return positions
 
     def _caught_up(self, names: list[str]) -> bool:
         # Whether every named projection has seen the newest event, read without locks
@@ -179,20 +186,18 @@ class ProjectionRunner:
         if self._caught_up(list(chosen)):
             return 0  # the usual answer when idle: two plain reads, no lock, no transaction
         with self.engine.begin() as conn:
-            # Locks in name order, so two runners never wait on each other in a cycle.
-            positions = {name: self._lock(conn, name) for name in chosen}
+            positions = self._lock(conn, list(chosen))
             batch = self.read_after(min(positions.values()), batch_size or self.batch_size)
             if not batch:
                 return 0
+            moved = []
             for name, projection in chosen.items():
                 todo = [item for item in batch if item.position > positions[name]]
                 if todo:
                     projection.process(conn, todo)
-                    conn.execute(
-                        update(tracking)
-                        .where(tracking.c.name == name)
-                        .values(position=todo[-1].position)
-                    )
+                    moved.append({"moved": name, "position": todo[-1].position})
+            if moved:
+                conn.execute(update(tracking).where(tracking.c.name == bindparam("moved")), moved)
         return len(batch)
 
     def catch_up(self, name: str, progress: Progress | None = None) -> int:
@@ -234,8 +239,8 @@ class ProjectionRunner:
         """
         chosen = {name: self.get(name) for name in sorted(set(names))}
         with self.engine.begin() as conn:
-            for name, projection in chosen.items():  # locks in name order, as step does
-                self._lock(conn, name)
+            self._lock(conn, list(chosen))
+            for projection in chosen.values():
                 for table in projection.tables:
                     conn.execute(table.delete())
             head = self.head()
