@@ -56,9 +56,7 @@ def upsert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     # A temporary table of this connection, emptied by DELETE after each use: TRUNCATE
     # (and ON COMMIT DELETE ROWS, a TRUNCATE at every commit) makes new files each time,
     # which cost more than the upsert of a follower's small batch.
-    conn.exec_driver_sql(
-        f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" (LIKE "{table.name}")'
-    )
+    conn.exec_driver_sql(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" (LIKE "{table.name}")')
     _copy(conn, table, staging, rows)
     columns = ", ".join(f'"{c.name}"' for c in table.columns)
     updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in others)
