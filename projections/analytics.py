@@ -49,7 +49,7 @@ from domain.email import EmailView
 from domain.events import EmailEvent
 from domain.reports import EventType
 from projections.base import Positioned, metadata
-from projections.bulk import insert_rows, upsert_rows
+from projections.bulk import save_rows
 from projections.emails import TIME
 
 # Outcomes an email has had at least once (0 or 1 each, so SUM counts emails).
@@ -260,8 +260,7 @@ class AnalyticsProjection:
             for event in events:
                 cohort.apply(event)
             changes.append((old, cohort.as_row()))
-        rows = [new for _, new in changes]
-        (insert_rows if whole_emails else upsert_rows)(conn, email_analytics, rows)
+        save_rows(conn, email_analytics, [new for _, new in changes], before)
         for rollup in (HOURLY, DAILY_DOMAINS):
             _move(conn, rollup, changes)
 

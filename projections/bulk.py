@@ -6,7 +6,7 @@ database round trip, not the fold, the cost of a rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -65,3 +65,12 @@ def upsert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         f'ON CONFLICT ("{key}") DO UPDATE SET {updates}'
     )
     conn.exec_driver_sql(f'DELETE FROM "{staging}"')
+
+
+def save_rows(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], stored: Collection[str]
+) -> None:
+    """Write rows keyed by `id`: appended when the table does not hold their id (not
+    in `stored`, which the caller read under its own lock), replaced when it does."""
+    upsert_rows(conn, table, [row for row in rows if row["id"] in stored])
+    insert_rows(conn, table, [row for row in rows if row["id"] not in stored])

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from domain.email import EmailView
 from projections.base import Positioned, metadata
-from projections.bulk import insert_rows, upsert_rows
+from projections.bulk import save_rows
 
 TIME = String(27)  # RFC 3339 UTC with microseconds: fixed width, sorts as time
 
@@ -117,6 +117,7 @@ class EmailsProjection:
             grouped.setdefault(str(item.event.originator_id), []).append(item)
         stored = [] if whole_emails else existing(conn, list(grouped))
         views = {row["id"]: EmailView.from_row(row) for row in stored}
+        stored_ids = set(views)
         for email_id, items in grouped.items():
             view = views.get(email_id)
             if view is None:
@@ -126,7 +127,7 @@ class EmailsProjection:
             for item in items:
                 view.apply(item.event)
         rows = [views[email_id].as_row() for email_id in grouped]
-        (insert_rows if whole_emails else upsert_rows)(conn, emails, rows)
+        save_rows(conn, emails, rows, stored_ids)
 
 
 STATES = (
