@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx2 as httpx
@@ -25,15 +25,21 @@ def free_port() -> int:
 
 
 def start(
-    url: str, port: int, options: Sequence[str] = (), **env: str
+    url: str,
+    port: int,
+    options: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    log: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`mailledger serve` on `port` over the database `url`, with more `options` of the
-    command, once /healthz answers."""
+    command, once /healthz answers; what it prints goes to `log` (else nowhere)."""
+    output: IO[bytes] | int = subprocess.DEVNULL if log is None else log
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), *options],
-        env=dict(os.environ, MAILLEDGER_DATABASE_URL=url, **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {}), "MAILLEDGER_DATABASE_URL": url},
+        stdout=output,
+        stderr=output,
     )
     for _ in range(200):
         try:
@@ -52,7 +58,7 @@ def start(
 def served(url: str, options: Sequence[str] = (), **env: str) -> Iterator[str]:
     """The service on a free port for the length of the block; its base URL."""
     port = free_port()
-    process = start(url, port, options, **env)
+    process = start(url, port, options, env=env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -20,7 +20,7 @@ from adapters.storage import Storage, make_engine, open_storage
 from app import create_app
 from bench.served import free_port, start
 from domain.reports import email_id_for
-from tests.api.apiclient import make_tenant
+from tests.api.apiclient import Tenant, make_tenant
 from tests.unit.providers import signing
 
 
@@ -96,48 +96,57 @@ def test_serve_listens_and_says_where(tmp_path: Path) -> None:
             process.stdout.close()
 
 
-def test_two_workers_on_postgresql_answer_and_record_a_webhook_once(postgres_url: str) -> None:
+def test_two_workers_on_postgresql_answer_and_record_a_webhook_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
     store = open_storage(parse_database_url(postgres_url))
     tenant = make_tenant(store)
     store.close()
     port = free_port()
-    process = start(postgres_url, port, ["--workers", "2", "--no-access-log"])
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = start(postgres_url, port, ["--workers", "2", "--no-access-log"], log=log)
     try:
-        base = f"http://127.0.0.1:{port}"
-        url = httpx.post(
-            f"{base}/v1/{tenant.workspace_id}/email/inbound",
-            json={"provider": "generic", "secret": signing.GENERIC_SECRET},
-            headers=tenant.headers(),
-        ).json()["url"]
-        event = {
-            "event_type": "Delivery",
-            "message_id": "relay-1",
-            "to_address": "rcpt@example.com",
-            "event_at": "2025-03-14T19:00:00Z",
-            "event_id": "evt-1",
-        }
-        body = json.dumps([event]).encode()
-        answers = []
-        # A new connection each time, so that both processes are likely to answer:
-        # the same event again, under new webhook-ids, is a duplicate whichever does.
-        for n in range(6):
-            headers = signing.generic_headers(
-                body, webhook_id=f"msg_{n}", timestamp=datetime.now(UTC)
-            )
-            answer = httpx.post(f"{base}{url}", content=body, headers=headers)
-            assert answer.status_code == 200, answer.text
-            answers.append(answer.json())
-        assert [a["recorded"] for a in answers] == [1, 0, 0, 0, 0, 0]
-        assert [a["duplicates"] for a in answers] == [0, 1, 1, 1, 1, 1]
-        email_id = email_id_for(tenant.workspace_id, "relay-1", "rcpt@example.com")
-        detail = f"{base}/v1/{tenant.workspace_id}/email/{email_id}"
-        for _ in range(100):  # one of the workers' projection followers fills the view
-            shown = httpx.get(detail, headers=tenant.headers())
-            if shown.status_code == 200:
-                break
-            time.sleep(0.1)
-        assert shown.status_code == 200, shown.text
-        assert shown.json()["state"] == "delivered"
+        _answer_and_record_once(tenant, f"http://127.0.0.1:{port}")
+    except BaseException:
+        # What the service printed (a worker that died, and why) is in the report.
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _answer_and_record_once(tenant: Tenant, base: str) -> None:
+    url = httpx.post(
+        f"{base}/v1/{tenant.workspace_id}/email/inbound",
+        json={"provider": "generic", "secret": signing.GENERIC_SECRET},
+        headers=tenant.headers(),
+    ).json()["url"]
+    event = {
+        "event_type": "Delivery",
+        "message_id": "relay-1",
+        "to_address": "rcpt@example.com",
+        "event_at": "2025-03-14T19:00:00Z",
+        "event_id": "evt-1",
+    }
+    body = json.dumps([event]).encode()
+    answers = []
+    # A new connection each time, so that both processes are likely to answer:
+    # the same event again, under new webhook-ids, is a duplicate whichever does.
+    for n in range(6):
+        headers = signing.generic_headers(body, webhook_id=f"msg_{n}", timestamp=datetime.now(UTC))
+        answer = httpx.post(f"{base}{url}", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        answers.append(answer.json())
+    assert [a["recorded"] for a in answers] == [1, 0, 0, 0, 0, 0]
+    assert [a["duplicates"] for a in answers] == [0, 1, 1, 1, 1, 1]
+    email_id = email_id_for(tenant.workspace_id, "relay-1", "rcpt@example.com")
+    detail = f"{base}/v1/{tenant.workspace_id}/email/{email_id}"
+    for _ in range(100):  # one of the workers' projection followers fills the view
+        shown = httpx.get(detail, headers=tenant.headers())
+        if shown.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["state"] == "delivered"
