@@ -107,6 +107,13 @@ def test_two_workers_on_postgresql_answer_and_record_a_webhook_once(
     with log_path.open("wb") as log:
         process = start(postgres_url, port, ["--workers", "2", "--no-access-log"], log=log)
     try:
+        # /healthz answered from one process; both have started once each said so.
+        for _ in range(300):
+            if log_path.read_text(errors="replace").count("Application startup complete") >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the two workers never both finished starting")
         _answer_and_record_once(tenant, f"http://127.0.0.1:{port}")
     except BaseException:
         # What the service printed (a worker that died, and why) is in the report.
