@@ -276,15 +276,6 @@ class EmailView:
         """Rebuild a view from its stored form."""
         return cls(**{name: row[name] for name in _VIEW_FIELDS})
 
-    def copy(self) -> EmailView:
-        """An independent copy (the list and dict fields are not shared)."""
-        clone = copy.copy(self)
-        clone.attachment_filenames = list(self.attachment_filenames)
-        clone.tags = dict(self.tags)
-        clone.last_tries = [dict(t) for t in self.last_tries]
-        clone.try_keys = list(self.try_keys)
-        return clone
-
 
 _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(EmailView))
 
