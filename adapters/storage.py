@@ -219,22 +219,33 @@ def notification_reader(ledger: EmailLedger) -> Callable[[int, int], Sequence[Po
 def read_log(recorder: ApplicationRecorder, after: int, limit: int) -> list[LogRow]:
     """Up to `limit` stored events after position `after`, in log order."""
     if isinstance(recorder, PostgresApplicationRecorder):
-        statement = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {}.{} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-        with (
-            recorder.datastore.get_connection() as conn,
-            conn.cursor(row_factory=tuple_row, binary=True) as cursor,
-        ):
-            cursor.execute(statement, (after, limit))
-            return cursor.fetchall()
+        return _log_rows(
+            recorder,
+            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+            (after, limit),
+        )
     notifications = recorder.select_notifications(
         start=after, limit=limit, inclusive_of_start=False
     )
     return [
         (n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in notifications
     ]
+
+
+def _log_rows(
+    recorder: PostgresApplicationRecorder, condition: str, params: Sequence[Any]
+) -> list[LogRow]:
+    # The stored events `condition` (a constant WHERE ... ORDER BY ... LIMIT with
+    # placeholders) selects, as LogRows, read in binary.
+    statement = SQL(
+        "SELECT notification_id, originator_id::text, originator_version, topic, state FROM {} "
+    ).format(Identifier(recorder.datastore.schema, recorder.events_table_name)) + SQL(condition)
+    with (
+        recorder.datastore.get_connection() as conn,
+        conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+    ):
+        cursor.execute(statement, params)
+        return cursor.fetchall()
 
 
 def email_order_reader(ledger: EmailLedger) -> EmailOrderReader:
@@ -257,21 +268,12 @@ def _read_by_email(
 ) -> list[LogRow]:
     if isinstance(recorder, PostgresApplicationRecorder):
         past = "AND (originator_id, originator_version) > (%s::uuid, %s) " if after else ""
-        statement = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {}.{} WHERE notification_id <= %s {} "
-            "ORDER BY originator_id, originator_version LIMIT %s"
-        ).format(
-            Identifier(recorder.datastore.schema),
-            Identifier(recorder.events_table_name),
-            SQL(past),
+        return _log_rows(
+            recorder,
+            f"WHERE notification_id <= %s {past}"
+            "ORDER BY originator_id, originator_version LIMIT %s",
+            (head, *(after or ()), limit),
         )
-        with (
-            recorder.datastore.get_connection() as conn,
-            conn.cursor(row_factory=tuple_row, binary=True) as cursor,
-        ):
-            cursor.execute(statement, (head, *(after or ()), limit))
-            return cursor.fetchall()
     if isinstance(recorder, SQLiteApplicationRecorder):
         # The SQLite recorder keeps ids as hex text and positions as rowids.
         keyset = "AND (originator_id, originator_version) > (?, ?) " if after else ""
