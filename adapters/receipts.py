@@ -12,12 +12,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
-    Connection,
     Engine,
     Index,
     Integer,
@@ -33,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.workspaces import admin_metadata
+from projections.bulk import insert_rows
 
 TIME = String(27)
 
@@ -163,32 +162,10 @@ def save(
     with engine.begin() as conn:
         if not flush and conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        _append(conn, receipts, [r.row() for r in new_receipts])
-        _append(conn, receipt_outcomes, [vars(o) for o in outcomes])
-
-
-def _append(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert rows that all name the same columns. On PostgreSQL by COPY: a group
-    commit writes a row per request, and a statement per row (what executemany sends)
-    cost more Python than the rest of storing them."""
-    if not rows:
-        return
-    if conn.dialect.name != "postgresql":
-        conn.execute(table.insert(), list(rows))
-        return
-    names = list(rows[0])
-    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    columns = ", ".join(names)
-    with (
-        driver.cursor() as cursor,
-        cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy,
-    ):
-        for row in rows:
-            copy.write_row(
-                [orjson.dumps(row[n]).decode() if n in json_columns else row[n] for n in names]
-            )
+        # On PostgreSQL by COPY: a group commit writes a row per request, and a
+        # statement per row (what executemany sends) cost more than storing them.
+        insert_rows(conn, receipts, [r.row() for r in new_receipts])
+        insert_rows(conn, receipt_outcomes, [vars(o) for o in outcomes])
 
 
 def mark_used(engine: Engine, keys: Sequence[str], at: str) -> None:

@@ -15,7 +15,9 @@ from sqlalchemy.dialects import sqlite
 
 
 def _copy(conn: Connection, table: Table, target: str, rows: Sequence[dict[str, Any]]) -> None:
-    names = [c.name for c in table.columns]
+    # The table's columns the rows name (every row names the same ones); the others
+    # take their defaults.
+    names = [c.name for c in table.columns if c.name in rows[0]]
     as_text = {c.name for c in table.columns if isinstance(c.type, JSON)}
     columns = ", ".join(f'"{name}"' for name in names)
     driver = conn.connection.driver_connection
@@ -30,7 +32,7 @@ def _text(value: Any) -> str:
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows (in the caller's transaction)."""
+    """Append rows that all name the same columns (in the caller's transaction)."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
