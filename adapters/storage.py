@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -114,6 +115,35 @@ def check_reachable(database: Database) -> None:
     except (OSError, sqlite3.Error, psycopg.Error) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StorageUnavailableError(f"cannot open {database.describe()}: {detail}") from None
+
+
+# The key of the PostgreSQL advisory lock held while a process creates or upgrades the
+# schema (any 64-bit number no other user of the database picks: "mailledg" in ASCII).
+SCHEMA_LOCK = 0x6D61696C6C656467
+
+
+@contextmanager
+def schema_lock(database: Database) -> Iterator[None]:
+    """Hold the database's schema lock (PostgreSQL; SQLite serializes writers itself).
+
+    Processes that start together (`serve --workers N`, a parallel import) each create
+    what is missing and replace the event store's trigger function; PostgreSQL refuses
+    two such statements on one object at once ("tuple concurrently updated"), so they
+    take turns.
+    """
+    if database.kind != "postgresql":
+        yield
+        return
+    try:
+        conn = psycopg.connect(database.conninfo, autocommit=True, connect_timeout=5)
+    except psycopg.Error as error:
+        raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
 
 def make_engine(database: Database, *, reads_only: bool = False) -> Engine:
@@ -359,27 +389,28 @@ def open_storage(
     env = dict(database.eventsourcing_env)
     if cache_size is not None:
         env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
-    try:
-        ledger = EmailLedger(
-            env,
-            transcoder=OrjsonTranscoder(),
-            clock=clock,
-            load_heads=load_heads,
+    with schema_lock(database):
+        try:
+            ledger = EmailLedger(
+                env,
+                transcoder=OrjsonTranscoder(),
+                clock=clock,
+                load_heads=load_heads,
+            )
+        except Exception as error:
+            raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None
+        engine = make_engine(database)
+        reader = make_engine(database, reads_only=True)
+        runner = ProjectionRunner(
+            engine,
+            notification_reader(ledger),
+            email_order_reader(ledger),
+            ledger.head_position,
+            [*default_projections(), SuppressionProjection(), ProviderIdsProjection()],
+            batch_size=batch_size,
+            rebuild_batch_size=max(batch_size, 20_000),
+            reader=reader,
         )
-    except Exception as error:
-        raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None
-    engine = make_engine(database)
-    reader = make_engine(database, reads_only=True)
-    runner = ProjectionRunner(
-        engine,
-        notification_reader(ledger),
-        email_order_reader(ledger),
-        ledger.head_position,
-        [*default_projections(), SuppressionProjection(), ProviderIdsProjection()],
-        batch_size=batch_size,
-        rebuild_batch_size=max(batch_size, 20_000),
-        reader=reader,
-    )
-    runner.create_tables()
-    admin_metadata.create_all(engine)
+        runner.create_tables()
+        admin_metadata.create_all(engine)
     return Storage(database, ledger, engine, runner, reader, service_secret(engine, "continuation"))

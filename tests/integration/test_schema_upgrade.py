@@ -3,6 +3,7 @@ COLUMN), on both stores, so the projections work again without manual SQL."""
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
 
 import pytest
@@ -114,3 +115,25 @@ def test_a_not_null_column_without_a_default_is_refused_clearly(storage: Storage
     with storage.engine.connect() as conn:
         ddl = add_column_ddl(conn, nullable, nullable.c.rank)
     assert ddl == "ALTER TABLE emails_future ADD COLUMN rank INTEGER"
+
+
+def _open_and_close(url: str) -> str:
+    try:
+        open_storage(parse_database_url(url)).close()
+    except Exception as error:  # reported to the test, which names it
+        return repr(error)
+    return "opened"
+
+
+def test_processes_that_start_together_all_open_the_database(postgres_url: str) -> None:
+    # Each start replaces the event store's trigger function; two at once made
+    # PostgreSQL refuse one ("tuple concurrently updated"), and a `serve --workers N`
+    # whose worker fails to start stops every worker.
+    open_storage(parse_database_url(postgres_url)).close()
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        outcomes = [
+            outcome
+            for _ in range(8)
+            for outcome in pool.map(_open_and_close, [postgres_url] * 3, chunksize=1)
+        ]
+    assert set(outcomes) == {"opened"}, [o for o in outcomes if o != "opened"][:3]
