@@ -37,6 +37,25 @@ def test_time_text_is_fixed_width_utc_with_microseconds(moment: datetime) -> Non
         assert len(text) == 27
 
 
+@given(
+    st.datetimes(
+        # Naive bounds (hypothesis adds the zones); fixed width from year 1000 on.
+        min_value=datetime(1000, 1, 2),  # noqa: DTZ001
+        timezones=st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m))),
+    )
+)
+def test_normalizing_a_normalized_time_changes_nothing(moment: datetime) -> None:
+    text = format_time(moment)
+    assert normalize_time(text) == text
+    assert normalize_time(moment.isoformat()) == text
+
+
+def test_a_canonical_looking_time_that_is_no_moment_is_refused() -> None:
+    for text in ("2025-13-14T19:04:01.000000Z", "2025-02-30T19:04:01.000000Z"):
+        with pytest.raises(InvalidReportError, match="RFC 3339"):
+            normalize_time(text)
+
+
 def test_a_time_without_zone_is_refused() -> None:
     with pytest.raises(InvalidReportError, match="zone"):
         normalize_time("2025-03-14T19:04:01")
