@@ -34,22 +34,19 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
-    any_,
     delete,
     func,
-    literal,
     literal_column,
     select,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from domain.email import EmailView
 from domain.events import EmailEvent
 from domain.reports import EventType
 from projections.base import Positioned, metadata
-from projections.bulk import save_rows
+from projections.bulk import save_rows, select_among
 from projections.emails import TIME
 
 # Outcomes an email has had at least once (0 or 1 each, so SUM counts emails).
@@ -157,7 +154,6 @@ class Cohort:
         }
 
 
-SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
 SUMS = ("sent", *FLAGS, *TOTALS)
 
 
@@ -198,15 +194,7 @@ def _contribution(row: dict[str, Any]) -> list[int]:
 
 
 def _existing(conn: Connection, ids: list[str]) -> list[RowMapping]:
-    table = email_analytics
-    if conn.dialect.name == "postgresql":
-        query = select(table).where(table.c.id == any_(literal(ids, ARRAY(String))))
-        return list(conn.execute(query).mappings())
-    rows: list[RowMapping] = []
-    for start in range(0, len(ids), SQLITE_CHUNK):
-        chunk = ids[start : start + SQLITE_CHUNK]
-        rows.extend(conn.execute(select(table).where(table.c.id.in_(chunk))).mappings())
-    return rows
+    return select_among(conn, select(email_analytics), email_analytics.c.id, ids)
 
 
 def _move(

@@ -10,8 +10,28 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Connection, Table
+from sqlalchemy import JSON, ColumnElement, Connection, RowMapping, Select, String, Table, any_
+from sqlalchemy import literal as literal_value
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+
+SQLITE_CHUNK = 500  # values per query: well under SQLite's limit on bound parameters
+
+
+def select_among(
+    conn: Connection, query: Select[Any], column: ColumnElement[str], values: Sequence[str]
+) -> list[RowMapping]:
+    """The rows of `query` whose text `column` is one of `values`: one array parameter
+    on PostgreSQL (however many values: one statement, planned for its array), chunks
+    of bound parameters on SQLite."""
+    if conn.dialect.name == "postgresql":
+        among = column == any_(literal_value(list(values), ARRAY(String)))
+        return list(conn.execute(query.where(among)).mappings())
+    rows: list[RowMapping] = []
+    for start in range(0, len(values), SQLITE_CHUNK):
+        chunk = values[start : start + SQLITE_CHUNK]
+        rows.extend(conn.execute(query.where(column.in_(chunk))).mappings())
+    return rows
 
 
 def _copy(conn: Connection, table: Table, target: str, rows: Sequence[dict[str, Any]]) -> None:

@@ -15,17 +15,14 @@ from sqlalchemy import (
     RowMapping,
     String,
     Table,
-    any_,
     bindparam,
-    literal,
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from domain.email import EmailView
 from projections.base import Positioned, metadata
-from projections.bulk import save_rows
+from projections.bulk import save_rows, select_among
 
 TIME = String(27)  # RFC 3339 UTC with microseconds: fixed width, sorts as time
 
@@ -88,19 +85,9 @@ emails = Table(
 )
 
 
-SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
-
-
 def existing(conn: Connection, ids: list[str]) -> list[RowMapping]:
-    """The stored rows of these emails (one array parameter on PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        query = select(emails).where(emails.c.id == any_(literal(ids, ARRAY(String))))
-        return list(conn.execute(query).mappings())
-    rows: list[RowMapping] = []
-    for start in range(0, len(ids), SQLITE_CHUNK):
-        chunk = ids[start : start + SQLITE_CHUNK]
-        rows.extend(conn.execute(select(emails).where(emails.c.id.in_(chunk))).mappings())
-    return rows
+    """The stored rows of these emails."""
+    return select_among(conn, select(emails), emails.c.id, ids)
 
 
 class EmailsProjection:

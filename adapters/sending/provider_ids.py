@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from adapters.workspaces import admin_metadata
 from domain.reports import Report, SendingEventType
 from projections.base import Positioned
+from projections.bulk import select_among
 
 NAME = "provider_ids"
 
@@ -62,9 +63,6 @@ class ProviderIdsProjection:
         conn.execute(dialect.insert(provider_ids).on_conflict_do_nothing(), rows)
 
 
-CHUNK = 500  # ids per query: well under SQLite's limit on bound parameters
-
-
 def emails_for(
     engine: Engine, workspace_id: str, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], str]:
@@ -72,16 +70,16 @@ def emails_for(
     wanted = set(keys)
     ids = sorted({message_id for message_id, _ in wanted})
     c = provider_ids.c
-    found: dict[tuple[str, str], str] = {}
+    query = select(c.provider_message_id, c.to_address, c.email_id)
     with engine.connect() as conn:
-        for start in range(0, len(ids), CHUNK):
-            query = select(c.provider_message_id, c.to_address, c.email_id).where(
-                c.workspace_id == workspace_id,
-                c.provider_message_id.in_(ids[start : start + CHUNK]),
-            )
-            for relay_id, to_address, email_id in conn.execute(query):
-                if (relay_id, to_address) in wanted:
-                    found[(relay_id, to_address)] = email_id
+        rows = select_among(
+            conn, query.where(c.workspace_id == workspace_id), c.provider_message_id, ids
+        )
+    found: dict[tuple[str, str], str] = {}
+    for row in rows:
+        key = (row["provider_message_id"], row["to_address"])
+        if key in wanted:
+            found[key] = row["email_id"]
     return found
 
 
