@@ -15,7 +15,13 @@ from tqdm import tqdm
 
 from adapters import admin_store, receipts
 from adapters.audit import verify_command
-from adapters.importer import FORMATS, ImportFileError, import_file
+from adapters.importer import (
+    FORMATS,
+    ImportFileError,
+    ImportStoppedError,
+    default_jobs,
+    import_file,
+)
 from adapters.ingest import as_endpoint, replay
 from adapters.settings import Settings, SettingsError
 from adapters.storage import Storage, StorageUnavailableError, open_storage
@@ -119,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="the inbound endpoint (default: the only one that can take the file)",
     )
+    bulk.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes that parse and record at once (default: one per core on "
+        "PostgreSQL, at most 8; SQLite takes one)",
+    )
     return parser
 
 
@@ -155,6 +168,13 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
     except (UnknownProjectionError, ImportFileError, InvalidReportError) as error:
         print(f"mailledger: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportStoppedError as error:
+        print(
+            f"mailledger: import stopped {error}; what it recorded stays recorded, and "
+            "importing the file again records the rest",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         storage.close()
 
@@ -267,10 +287,15 @@ def _import(storage: Storage, args: argparse.Namespace, out: TextIO) -> int:
             f"{stored.provider} has no export format mailledger reads "
             f"(formats: {', '.join(sorted(FORMATS))})"
         )
+    jobs = default_jobs(storage.database) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ImportFileError(f"--jobs takes a number of processes (1 or more), not {jobs}")
     with args.file.open("rb") as lines:
         total = sum(1 for _ in lines) if fmt.endswith("jsonl") else None
     with tqdm(total=total, desc=f"import {args.file.name}", unit="item", file=sys.stderr) as bar:
-        summary = import_file(storage, as_endpoint(stored), args.file, fmt, progress=bar.update)
+        summary = import_file(
+            storage, as_endpoint(stored), args.file, fmt, progress=bar.update, jobs=jobs
+        )
     out.write(
         f"{summary.items} items: {summary.recorded} events recorded, "
         f"{summary.duplicates} already held, {summary.ignored} without meaning here, "

@@ -5,12 +5,22 @@ them), `sendgrid-json` (a JSON array of Event Webhook events), `mailgun-events` 
 API pages: `{"items": [...]}` objects, one a line or one per file), `generic-jsonl`
 (mailledger's own event JSON, one a line). Reports are recorded in batches; importing
 the same file again records nothing.
+
+On PostgreSQL several processes parse and record at once (`jobs`), each its own
+batches, one transaction each: the ledger's version check keeps two batches that touch
+one email from both writing it (the loser reloads the email and drops what the winner
+recorded), so the result is the same as one process's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.pool import AsyncResult
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +30,8 @@ from adapters.ingest import Directory, adopt
 from adapters.providers import generic, mailgun, sendgrid, ses
 from adapters.providers.base import Endpoint, Parsed, PayloadError
 from adapters.sending.provider_ids import link_relay_ids
-from adapters.storage import Storage
+from adapters.settings import Database
+from adapters.storage import Storage, open_storage
 from domain.reports import Report
 
 FORMATS = {
@@ -35,6 +46,11 @@ class ImportFileError(ValueError):
     """The file or the endpoint cannot be imported as asked."""
 
 
+class ImportStoppedError(RuntimeError):
+    """An import process failed (the database went away, say). What was recorded stays
+    recorded; importing the file again records the rest and nothing twice."""
+
+
 @dataclass
 class ImportSummary:
     """What an import did: counts, and the items it could not parse, by line."""
@@ -44,6 +60,14 @@ class ImportSummary:
     duplicates: int = 0
     ignored: int = 0
     unparseable: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, other: ImportSummary) -> None:
+        """Count another part of the file in."""
+        self.items += other.items
+        self.recorded += other.recorded
+        self.duplicates += other.duplicates
+        self.ignored += other.ignored
+        self.unparseable.extend(other.unparseable)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -90,6 +114,54 @@ def _parser(fmt: str) -> Callable[[bytes, Endpoint], Parsed]:
     return lambda body, endpoint: module.parse(body, endpoint, None)
 
 
+Item = tuple[int, bytes]  # (line or item number, one parseable unit)
+
+
+def default_jobs(database: Database) -> int:
+    """Processes an import uses unless told: one per core on PostgreSQL (at most 8);
+    one on SQLite, which takes one writer at a time."""
+    return 1 if database.kind == "sqlite" else max(1, min(os.cpu_count() or 1, 8))
+
+
+class _Importer:
+    """Parses items and records their reports, one batch of items at a time."""
+
+    def __init__(self, storage: Storage, endpoint: Endpoint, fmt: str) -> None:
+        self.storage, self.endpoint = storage, endpoint
+        self.parse = _parser(fmt)
+        self.directory = Directory(seconds=3600)
+
+    def run(self, items: Sequence[Item]) -> ImportSummary:
+        """Parse the items and record what they report in one transaction."""
+        summary = ImportSummary(items=len(items))
+        pending: list[Report] = []
+        engine = self.storage.engine
+        for number, unit in items:
+            try:
+                parsed = self.parse(unit, self.endpoint)
+            except PayloadError as error:
+                summary.unparseable.append((number, str(error)))
+                continue
+            summary.ignored += len(parsed.ignored)
+            pending.extend(adopt(self.directory, engine, self.endpoint, parsed.reports))
+        if pending:
+            outcomes = self.storage.ledger.record(link_relay_ids(engine, pending))
+            summary.recorded = sum(1 for o in outcomes if o.recorded)
+            summary.duplicates = len(outcomes) - summary.recorded
+        return summary
+
+
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def import_file(
     storage: Storage,
     endpoint: Endpoint,
@@ -98,44 +170,87 @@ def import_file(
     *,
     progress: Callable[[int], object] | None = None,
     batch: int = 1000,
+    jobs: int = 1,
 ) -> ImportSummary:
-    """Parse every item of the file and record its reports, `batch` at a time."""
+    """Parse every item of the file and record its reports, `batch` items at a time,
+    in `jobs` processes (more than one needs PostgreSQL)."""
     if fmt not in FORMATS:
         raise ImportFileError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if FORMATS[fmt] != endpoint.provider:
         raise ImportFileError(
             f"format {fmt} is for {FORMATS[fmt]} endpoints, not {endpoint.provider}"
         )
-    parse = _parser(fmt)
-    directory = Directory(seconds=3600)
-    summary = ImportSummary()
-    pending: list[Report] = []
-    since_progress = 0
-
-    def flush() -> None:
-        outcomes = storage.ledger.record(link_relay_ids(storage.engine, pending))
-        recorded = sum(1 for o in outcomes if o.recorded)
-        summary.recorded += recorded
-        summary.duplicates += len(outcomes) - recorded
-        pending.clear()
-
-    for number, unit in _items(path, fmt):
-        summary.items += 1
-        since_progress += 1
-        try:
-            parsed = parse(unit, endpoint)
-        except PayloadError as error:
-            summary.unparseable.append((number, str(error)))
-            continue
-        summary.ignored += len(parsed.ignored)
-        pending.extend(adopt(directory, storage.engine, endpoint, parsed.reports))
-        if len(pending) >= batch:
-            flush()
+    if jobs > 1 and storage.database.kind == "sqlite":
+        raise ImportFileError(
+            f"{jobs} import processes need PostgreSQL; SQLite takes one writer at a time"
+        )
+    chunks = _chunks(_items(path, fmt), batch)
+    if jobs > 1:
+        summary = _in_processes(
+            storage.database, endpoint, fmt, chunks, jobs=jobs, progress=progress
+        )
+    else:
+        summary = ImportSummary()
+        importer = _Importer(storage, endpoint, fmt)
+        for chunk in chunks:
+            summary.add(importer.run(chunk))
             if progress is not None:
-                progress(since_progress)
-                since_progress = 0
-    if pending:
-        flush()
-    if progress is not None and since_progress:
-        progress(since_progress)
+                progress(len(chunk))
+    summary.unparseable.sort()
+    return summary
+
+
+# The importer of a worker process (see `_in_processes`).
+_worker: _Importer | None = None
+
+
+def _open_worker(database: Database, endpoint: Endpoint, fmt: str) -> None:
+    global _worker  # noqa: PLW0603 (one per process, made by the pool's initializer)
+    storage = open_storage(database)
+    _worker = _Importer(storage, endpoint, fmt)
+    # Closed when the pool lets the process end, so its connections end cleanly.
+    Finalize(None, storage.close, exitpriority=10)
+
+
+def _run_worker(chunk: list[Item]) -> ImportSummary:
+    assert _worker is not None
+    try:
+        return _worker.run(chunk)
+    except Exception as error:
+        # Raised again in the parent, which may not be able to rebuild every error
+        # type from a pickle: a plain message travels.
+        first = chunk[0][0]
+        raise ImportStoppedError(f"at item {first}: {type(error).__name__}: {error}") from None
+
+
+def _in_processes(
+    database: Database,
+    endpoint: Endpoint,
+    fmt: str,
+    chunks: Iterable[list[Item]],
+    *,
+    jobs: int,
+    progress: Callable[[int], object] | None,
+) -> ImportSummary:
+    # This process reads the file and hands out batches; the workers parse and record
+    # them. A few batches per worker are in flight, so the file is never held whole.
+    summary = ImportSummary()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(jobs, initializer=_open_worker, initargs=(database, endpoint, fmt)) as pool:
+        flight: deque[tuple[int, AsyncResult[ImportSummary]]] = deque()
+
+        def collect() -> None:
+            size, result = flight.popleft()
+            summary.add(result.get())
+            if progress is not None:
+                progress(size)
+
+        for chunk in chunks:
+            flight.append((len(chunk), pool.apply_async(_run_worker, (chunk,))))
+            if len(flight) >= 2 * jobs:
+                collect()
+        while flight:
+            collect()
+        pool.close()
+        pool.join()
     return summary

@@ -1,4 +1,5 @@
-"""Bulk import speed: a generic JSON-lines export through `import_file`."""
+"""Bulk import speed: a generic JSON-lines export through `import_file`, with as many
+processes as `mailledger import` uses by default."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from adapters import admin_store
-from adapters.importer import import_file
+from adapters.importer import default_jobs, import_file
 from adapters.ingest import as_endpoint
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
@@ -46,7 +47,8 @@ def measure(url: str, lines: int) -> dict[str, float]:
                         event["bounce_type"] = "Transient"
                     out.write(orjson.dumps(event) + b"\n")
             started = time.perf_counter()
-            summary = import_file(store, as_endpoint(stored), path, "generic-jsonl")
+            jobs = default_jobs(store.database)
+            summary = import_file(store, as_endpoint(stored), path, "generic-jsonl", jobs=jobs)
             elapsed = time.perf_counter() - started
         return {"import_events_per_s": round(summary.recorded / elapsed)}
     finally:

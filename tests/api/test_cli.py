@@ -190,6 +190,15 @@ def test_import_file_alone_takes_the_only_endpoint_that_can_take_it(
     status, out = run(monkeypatch, database_url, "import", str(path), "--endpoint", only.id)
     assert out.startswith("1 items: 0 events recorded, 1 already held")
 
+    again = ("import", str(path), "--endpoint", only.id, "--jobs")
+    status, out = run(monkeypatch, database_url, *again, "2")
+    if database_url.startswith("sqlite"):
+        assert status == 2  # one writer at a time: said, not queued
+    else:
+        assert out.startswith("1 items: 0 events recorded, 1 already held")
+    status, _ = run(monkeypatch, database_url, *again, "0")
+    assert status == 2
+
 
 def test_receipts_replay_records_nothing_new_on_a_healthy_ledger(
     monkeypatch: pytest.MonkeyPatch, storage: Storage, database_url: str

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from sqlalchemy import text
 
 from adapters import admin_store
 from adapters.importer import ImportFileError, import_file
 from adapters.ingest import as_endpoint
 from adapters.providers.base import Endpoint
-from adapters.storage import Storage
+from adapters.settings import parse_database_url
+from adapters.storage import Storage, open_storage
 from adapters.workspaces import create_workspace
 from tests.unit.providers import signing
 
@@ -91,3 +93,57 @@ def test_a_format_for_another_provider_is_refused(storage: Storage, tmp_path: Pa
         import_file(storage, endpoint, path, "ses-jsonl")
     with pytest.raises(ImportFileError, match="unknown format"):
         import_file(storage, endpoint, path, "csv")
+
+
+def test_several_processes_import_what_one_would(postgres_url: str, tmp_path: Path) -> None:
+    # Each email's five events lie far apart in the file, so batches recorded at the
+    # same moment by different processes keep touching the same emails.
+    emails, kinds = 1500, ["Delivery", "Open", "Click", "DeliveryDelay", "Bounce"]
+    path = tmp_path / "spread.jsonl"
+    with path.open("wb") as out:
+        for n in range(5 * emails):
+            if n == 4321:
+                out.write(b"not json\n")
+            email, kind = n % emails, kinds[n // emails]
+            event = {
+                "event_type": kind,
+                "message_id": f"spread-{email}",
+                "to_address": f"rcpt{email}@example.com",
+                "event_at": f"2025-03-14T19:{n % 60:02d}:00Z",
+                "event_id": f"spread-{n}",
+            }
+            if kind == "Bounce":
+                event["bounce_type"] = "Permanent"
+            out.write(orjson.dumps(event) + b"\n")
+            if n % 100 == 0:  # a redelivery, a few lines later in the file
+                out.write(orjson.dumps(event) + b"\n")
+    store = open_storage(parse_database_url(postgres_url))
+    try:
+        endpoint = endpoint_for(store, "generic", {"secret": signing.GENERIC_SECRET})
+        seen: list[int] = []
+        first = import_file(
+            store, endpoint, path, "generic-jsonl", batch=200, jobs=3, progress=seen.append
+        )
+        assert (first.recorded, first.duplicates) == (5 * emails, 5 * emails // 100)
+        assert [line for line, _ in first.unparseable] == [4321 + 4321 // 100 + 1 + 1]
+        assert sum(seen) == first.items == 5 * emails + 5 * emails // 100 + 1
+        store.runner.catch_up_all()
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM email_events")).scalar() == 5 * emails
+            states = conn.execute(text("SELECT state, count(*) FROM emails GROUP BY state"))
+            assert dict(states.all()) == {"bounced": emails}
+        again = import_file(store, endpoint, path, "generic-jsonl", batch=200, jobs=3)
+        assert (again.recorded, again.duplicates) == (0, first.recorded + first.duplicates)
+    finally:
+        store.close()
+
+
+def test_several_processes_need_postgresql(storage: Storage, tmp_path: Path) -> None:
+    endpoint = endpoint_for(storage, "generic", {"secret": signing.GENERIC_SECRET})
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    if storage.database.kind == "sqlite":
+        with pytest.raises(ImportFileError, match="need PostgreSQL"):
+            import_file(storage, endpoint, path, "generic-jsonl", jobs=2)
+    else:
+        assert import_file(storage, endpoint, path, "generic-jsonl", jobs=2).items == 1
