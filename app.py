@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import uvicorn
@@ -37,6 +40,7 @@ from adapters.providers.sns_certs import SnsCertificates
 from adapters.sending.worker import SendWorker
 from adapters.settings import Settings
 from adapters.storage import Storage, open_storage
+from projections.runner import Stop
 
 
 def create_app(
@@ -122,11 +126,50 @@ def routes() -> list[BaseRoute]:
 
 def worker_app() -> Starlette:
     """The app of one of several serving processes (`serve --workers N`): each reads the
-    same environment, opens its own connections and runs its own group commit,
-    projection follower and send worker; the database keeps them apart (the ledger's
-    version check, the projections' tracking locks, the outbox's leases)."""
+    same environment, opens its own connections and runs its own group commit and send
+    worker; the database keeps them apart (the ledger's version check, the outbox's
+    leases). The projections follow the log in a process of their own (`_follow`)."""
     cli.configure_logging()
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), run_projections=False)
+
+
+# How much lower the CPU priority of the projection process of `serve --workers N` is
+# than the workers' (a nice value): under a burst of webhooks the workers answer
+# first and the read models catch up after (`mailledger projections status` shows
+# the lag); a machine that stays saturated falls further behind.
+FOLLOWER_NICENESS = 10
+
+
+def _follow(settings: Settings, stop: Stop) -> None:
+    """The projection process of a multi-worker service, until `stop` is set."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
+    os.nice(FOLLOWER_NICENESS)
+    cli.configure_logging()
+    storage = open_storage(
+        settings.database,
+        batch_size=settings.projection_batch_size,
+        cache_size=settings.cache_size,
+    )
+    try:
+        storage.runner.run(stop, settings.projection_interval)
+    finally:
+        storage.close()
+
+
+@contextmanager
+def _follower_process(settings: Settings) -> Iterator[None]:
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    follower = context.Process(target=_follow, args=(settings, stop), name="projections")
+    follower.start()
+    try:
+        yield
+    finally:
+        stop.set()  # it ends after its current step (a step is one transaction)
+        follower.join(timeout=60)
+        if follower.is_alive():
+            follower.terminate()  # an unfinished step rolls back
+            follower.join()
 
 
 def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> None:
@@ -146,7 +189,8 @@ def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> N
         uvicorn.run(create_app(settings, storage), **common)
     else:
         # The tables exist by now (`storage` made them), so the workers only open them.
-        uvicorn.run("app:worker_app", factory=True, workers=options.workers, **common)
+        with _follower_process(settings):
+            uvicorn.run("app:worker_app", factory=True, workers=options.workers, **common)
 
 
 def main() -> None:

@@ -6,7 +6,9 @@
 
 Every request carries events for new emails, so every event is recorded. The service
 runs as it would be deployed for throughput: a worker process per core and no access
-log (`mailledger serve --workers N --no-access-log`).
+log (`mailledger serve --workers N --no-access-log`), whose projections follow the log
+in one process of lower CPU priority; after the last answer the stage also measures
+how long they take to catch up (`http_read_models_current_after_s`).
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def _load(
 
 
 def measure(url: str, batches: int, singles: int) -> dict[str, float]:
-    """http_batch_events_per_s, http_single_requests_per_s and http_single_p99_ms."""
+    """http_batch_events_per_s, http_single_requests_per_s and http_single_p99_ms, and
+    how long the read models took to be current after the last answer."""
     store = open_storage(parse_database_url(url))
     made = create_workspace(store.engine, "bench-hooks")
     store.close()
@@ -167,9 +170,26 @@ def measure(url: str, batches: int, singles: int) -> dict[str, float]:
                 base, sendgrid, [_sendgrid_request(ec_key, n, 1000) for n in range(batches)], 2
             )
             single = _load(base, ses, [_sns_request(rsa_key, n) for n in range(singles)], 64)
+            behind = _catch_up_seconds(url)
     return {
         "http_batch_events_per_s": round(batches * 1000 / batch["seconds"]),
         "http_single_requests_per_s": round(singles / single["seconds"]),
         "http_single_p50_ms": round(single["p50_ms"], 2),
         "http_single_p99_ms": round(single["p99_ms"], 2),
+        "http_read_models_current_after_s": round(behind, 2),
     }
+
+
+def _catch_up_seconds(url: str) -> float:
+    """How long after the last answer the service's projections reach the head of the
+    log (they run at a lower priority than the workers, see `app.FOLLOWER_NICENESS`)."""
+    store = open_storage(parse_database_url(url))
+    started = time.perf_counter()
+    try:
+        while any(status.lag for status in store.runner.status()):
+            if time.perf_counter() - started > 600:
+                raise RuntimeError("the projections did not catch up within 10 minutes")
+            time.sleep(0.05)
+    finally:
+        store.close()
+    return time.perf_counter() - started

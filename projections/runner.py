@@ -9,10 +9,9 @@ same batch, because the second waits on the row lock and then sees the new posit
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Column, Connection, Engine, Table, bindparam, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -31,6 +30,14 @@ EmailOrderReader = Callable[
     [int, EmailPlace | None, int], tuple[Sequence[Positioned], EmailPlace | None]
 ]
 Progress = Callable[[int], object]
+
+
+class Stop(Protocol):
+    """What tells a follower to stop (a threading or multiprocessing Event)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -284,7 +291,7 @@ class ProjectionRunner:
             rows: dict[str, int] = dict(conn.execute(query).all())
         return [ProjectionStatus(name, int(rows.get(name, 0)), head) for name in self.projections]
 
-    def run(self, stop: threading.Event, interval: float) -> None:
+    def run(self, stop: Stop, interval: float) -> None:
         """Follow the log until `stop` is set, riding out database outages."""
         while not stop.is_set():
             try:
