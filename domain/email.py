@@ -384,7 +384,7 @@ class Email(Aggregate):
             "sent_at": report.sent_at,
             "setup_id": report.setup_id,
             "prev_hash": self.last_hash,
-            **report.full_detail(),
+            **report.full_detail,
         }
         content = chain_content(event_class, values, str(self.id))
         values["hash"] = chain_hash(self.last_hash, content, plain=report.is_plain)

@@ -233,8 +233,10 @@ class Report:
             return self.email_id
         return email_id_for(self.workspace_id, self.message_id, self.to_address)
 
-    def full_detail(self) -> dict[str, Any]:
-        """Every type-specific field, absent ones as null (machine_open defaults false)."""
+    @cached_property
+    def full_detail(self) -> Mapping[str, Any]:
+        """Every type-specific field, absent ones as null (machine_open defaults false);
+        made once (the key and the event both read it), so never to be changed."""
         detail: dict[str, Any] = dict.fromkeys(DETAIL_FIELDS[self.event_type])
         detail.update(self.detail)
         if self.event_type is EventType.OPEN:
@@ -255,7 +257,7 @@ class Report:
             self.to_address,
             str(self.event_type),
             self.event_at,
-            self.full_detail(),
+            self.full_detail,
             # What the provider says about the email itself is part of the fact too (not
             # setup_id: mailledger files the email under a setup, the provider does not).
             [self.from_address, self.subject, self.sent_at],

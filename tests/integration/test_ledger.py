@@ -64,7 +64,7 @@ def test_every_event_kind_round_trips_through_the_store(storage: Storage) -> Non
     assert [e.event_type for e in stored] == list(EventType)
     for event, sent in zip(stored, EVERY_KIND, strict=True):
         assert event.event_at == sent.event_at
-        assert event.detail() == sent.full_detail()
+        assert event.detail() == sent.full_detail
         assert event.semantic_key == sent.semantic_key
         assert event.hash == event.computed_hash()
     fresh = open_storage(storage.database)

@@ -251,7 +251,7 @@ def test_sending_events_round_trip_through_the_store(storage: Storage) -> None:
     stored = storage.ledger.get_history(outcomes[0].email_id)
     assert [e.event_type for e in stored] == ["Sent", "Scheduled", "Dispatched", "Canceled"]
     for event, item in zip(stored, items, strict=True):
-        assert event.detail() == item.full_detail()
+        assert event.detail() == item.full_detail
         assert event.hash == event.computed_hash()
     storage.runner.catch_up_all()
     with storage.reader.connect() as conn:
