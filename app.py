@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -83,6 +84,11 @@ def create_app(
         )
         if run_projections:
             follower.start()
+        # What exists now (modules, the app, the pools) lives as long as the process:
+        # kept out of the collector's full passes, which otherwise walk it all again
+        # every few seconds under load and hold every request meanwhile.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
