@@ -84,11 +84,6 @@ def create_app(
         )
         if run_projections:
             follower.start()
-        # What exists now (modules, the app, the pools) lives as long as the process:
-        # kept out of the collector's full passes, which otherwise walk it all again
-        # every few seconds under load and hold every request meanwhile.
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:
@@ -136,7 +131,17 @@ def worker_app() -> Starlette:
     worker; the database keeps them apart (the ledger's version check, the outbox's
     leases). The projections follow the log in a process of their own (`_follow`)."""
     cli.configure_logging()
-    return create_app(Settings.from_env(), run_projections=False)
+    app = create_app(Settings.from_env(), run_projections=False)
+    _freeze_startup_heap()
+    return app
+
+
+def _freeze_startup_heap() -> None:
+    # What a serving process holds once started (modules, the app) lives as long as
+    # the process: kept out of the garbage collector's full passes, which otherwise
+    # walk it all again every few seconds under load and hold every request meanwhile.
+    gc.collect()
+    gc.freeze()
 
 
 # How much lower the CPU priority of the projection process of `serve --workers N` is
@@ -192,7 +197,9 @@ def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> N
         "access_log": options.access_log,
     }
     if options.workers == 1:
-        uvicorn.run(create_app(settings, storage), **common)
+        app = create_app(settings, storage)
+        _freeze_startup_heap()
+        uvicorn.run(app, **common)
     else:
         # The tables exist by now (`storage` made them), so the workers only open them.
         with _follower_process(settings):
