@@ -97,7 +97,8 @@ def test_a_format_for_another_provider_is_refused(storage: Storage, tmp_path: Pa
 
 def test_several_processes_import_what_one_would(postgres_url: str, tmp_path: Path) -> None:
     # Each email's five events lie far apart in the file, so batches recorded at the
-    # same moment by different processes keep touching the same emails.
+    # same moment by different processes keep touching the same emails. The first
+    # 1,000 items are imported before the worker processes start, as a big file's are.
     emails, kinds = 1500, ["Delivery", "Open", "Click", "DeliveryDelay", "Bounce"]
     path = tmp_path / "spread.jsonl"
     with path.open("wb") as out:
@@ -122,8 +123,9 @@ def test_several_processes_import_what_one_would(postgres_url: str, tmp_path: Pa
         endpoint = endpoint_for(store, "generic", {"secret": signing.GENERIC_SECRET})
         seen: list[int] = []
         first = import_file(
-            store, endpoint, path, "generic-jsonl", batch=200, jobs=3, progress=seen.append
-        )
+            store, endpoint, path, "generic-jsonl", batch=200, jobs=3, alone=1000,
+            progress=seen.append,
+        )  # fmt: skip
         assert (first.recorded, first.duplicates) == (5 * emails, 5 * emails // 100)
         assert [line for line, _ in first.unparseable] == [4321 + 4321 // 100 + 1 + 1]
         assert sum(seen) == first.items == 5 * emails + 5 * emails // 100 + 1
@@ -132,7 +134,7 @@ def test_several_processes_import_what_one_would(postgres_url: str, tmp_path: Pa
             assert conn.execute(text("SELECT count(*) FROM email_events")).scalar() == 5 * emails
             states = conn.execute(text("SELECT state, count(*) FROM emails GROUP BY state"))
             assert dict(states.all()) == {"bounced": emails}
-        again = import_file(store, endpoint, path, "generic-jsonl", batch=200, jobs=3)
+        again = import_file(store, endpoint, path, "generic-jsonl", batch=200, jobs=3, alone=0)
         assert (again.recorded, again.duplicates) == (0, first.recorded + first.duplicates)
     finally:
         store.close()
