@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from sqlalchemy import (
     tuple_,
 )
 
+from domain.reports import uuid5_bytes
 from projections.base import Positioned, metadata
 from projections.bulk import insert_rows
 from projections.emails import TIME, emails
@@ -53,12 +53,7 @@ def event_id(email_id: uuid.UUID, version: int) -> str:
     """A stable id for the event at `version` of an email's log: `uuid5(email_id,
     str(version))`, written out directly (a rebuild makes one per event, and the
     UUID object cost more than the hash)."""
-    digest = bytearray(
-        hashlib.sha1(email_id.bytes + str(version).encode(), usedforsecurity=False).digest()[:16]
-    )
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = digest.hex()
+    h = uuid5_bytes(email_id.bytes, str(version).encode()).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

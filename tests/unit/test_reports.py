@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from domain.events import EVENT_CLASSES, EmailEvent
 from domain.reports import (
     DETAIL_FIELDS,
+    EMAIL_NAMESPACE,
     InvalidReportError,
     email_id_for,
     format_time,
@@ -107,3 +109,14 @@ def test_each_event_class_declares_exactly_its_detail_fields() -> None:
     for event_type, cls in EVENT_CLASSES.items():
         declared = [f.name for f in fields(cls) if f.name not in common]
         assert declared == list(DETAIL_FIELDS[event_type]), event_type
+
+
+TEXT = st.text(st.characters(exclude_categories=["Cs"]))  # what UTF-8 can encode
+
+
+@given(TEXT, TEXT, TEXT)
+def test_email_ids_are_the_uuid5_of_workspace_message_and_recipient(
+    workspace: str, message: str, recipient: str
+) -> None:
+    name = "\x1f".join((workspace, message, recipient.strip().lower()))
+    assert email_id_for(workspace, message, recipient) == uuid.uuid5(EMAIL_NAMESPACE, name)
