@@ -61,6 +61,8 @@ RELAY_REJECT_PREFIX = "smtp; "
 
 def event_kind(value: str) -> EventKind:
     """The kind named `value`: a provider event type, else a sending one."""
+    if isinstance(value, EventType | SendingEventType):
+        return value  # already one (parsers pass kinds; Enum's lookup costs a microsecond)
     try:
         return EventType(value)
     except ValueError as error:
