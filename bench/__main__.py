@@ -10,6 +10,9 @@
 - audit: `audit verify` over what ingest wrote; stats: a 30-day window grouped by day
   (bench/audit_stats.py).
 
+Before each timed stage PostgreSQL writes out what earlier stages left in its buffers
+(CHECKPOINT), so that none is timed while the server flushes another's writes.
+
 `--quick` uses small sizes (about a minute); `--json` prints one JSON object last.
 """
 
@@ -77,6 +80,14 @@ def fresh_database(purpose: str = "log") -> Iterator[str]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def settle() -> None:
+    """Have PostgreSQL write out what earlier stages left in its buffers (CHECKPOINT),
+    so that no stage, the raw baseline included, is timed while the server flushes
+    another's writes."""
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        admin.execute("CHECKPOINT")
 
 
 def sample_state() -> bytes:
@@ -215,33 +226,42 @@ def main() -> None:
 
     with fresh_database() as url:
         log(f"raw: {sizes['raw']} rows")
+        settle()
         raw = bench_raw(url, sizes["raw"])
+        settle()
         raw_text = bench_raw(url, sizes["raw"] // 2, binary=False)
         log(f"ingest: {sizes['ingest']} reports")
+        settle()
         ingest, reports, head = bench_ingest(url, sizes["ingest"])
         log(f"rebuild: {head} events, every projection")
         store = open_storage(parse_database_url(url))
+        settle()
         rebuild = bench_rebuild(store, head)
         store.close()
         log(f"audit verify: {head} events")
+        settle()
         audit = audit_stats.bench_audit(url)
 
     with fresh_database("queries") as url:
         log(f"queries: {sizes['emails']} emails, {5 * sizes['emails']} events")
         workspace_id, key, ids = queries.fill(url, sizes["emails"], 5)
+        settle()
         latency = queries.measure(url, workspace_id, key, ids, sizes["requests"])
 
     with fresh_database("stats") as url:
         log(f"stats: {sizes['emails']} emails in the analytics view")
         stats_workspace, stats_key = audit_stats.fill_analytics(url, sizes["emails"])
+        settle()
         stats = audit_stats.measure_stats(url, stats_workspace, stats_key, sizes["requests"])
 
     with fresh_database("import") as url:
         log(f"import: {sizes['ingest'] // 2} lines")
+        settle()
         imported = importing.measure(url, sizes["ingest"] // 2)
 
     with fresh_database("hooks") as url:
         log(f"webhooks: {sizes['batches']} batches of 1000, {sizes['singles']} single requests")
+        settle()
         throughput = hooks.measure(url, sizes["batches"], sizes["singles"])
 
     figures = {
