@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import os
 import signal
@@ -40,8 +41,10 @@ from adapters.providers.base import CertificateSource
 from adapters.providers.sns_certs import SnsCertificates
 from adapters.sending.worker import SendWorker
 from adapters.settings import Settings
-from adapters.storage import Storage, open_storage
+from adapters.storage import Storage, StorageUnavailableError, open_storage
 from projections.runner import Stop
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -156,11 +159,18 @@ def _follow(settings: Settings, stop: Stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
     os.nice(FOLLOWER_NICENESS)
     cli.configure_logging()
-    storage = open_storage(
-        settings.database,
-        batch_size=settings.projection_batch_size,
-        cache_size=settings.cache_size,
-    )
+    while True:  # the database may be away when the service starts; wait for it
+        try:
+            storage = open_storage(
+                settings.database,
+                batch_size=settings.projection_batch_size,
+                cache_size=settings.cache_size,
+            )
+            break
+        except StorageUnavailableError as error:
+            log.warning("projections waiting for the database: %s", error)
+            if stop.wait(max(settings.projection_interval, 1.0)):
+                return
     try:
         storage.runner.run(stop, settings.projection_interval)
     finally:

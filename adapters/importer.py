@@ -216,20 +216,27 @@ def import_file(
     return summary
 
 
-# The importer of a worker process (see `_in_processes`).
-_worker: _Importer | None = None
+# The importer of a worker process (see `_in_processes`), or why it could not be made.
+_worker: _Importer | str | None = None
 
 
 def _open_worker(database: Database, endpoint: Endpoint, fmt: str) -> None:
     global _worker  # noqa: PLW0603 (one per process, made by the pool's initializer)
-    storage = open_storage(database)
+    try:
+        storage = open_storage(database)
+    except Exception as error:
+        # Said by the first batch this process is given: a pool whose initializer
+        # raises starts a new process in its place, forever.
+        _worker = f"{type(error).__name__}: {error}"
+        return
     _worker = _Importer(storage, endpoint, fmt)
     # Closed when the pool lets the process end, so its connections end cleanly.
     Finalize(None, storage.close, exitpriority=10)
 
 
 def _run_worker(chunk: list[Item]) -> ImportSummary:
-    assert _worker is not None
+    if not isinstance(_worker, _Importer):
+        raise ImportStoppedError(f"a worker process could not open the database: {_worker}")
     try:
         return _worker.run(chunk)
     except Exception as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from adapters import admin_store
-from adapters.importer import ImportFileError, import_file
+from adapters.importer import ImportFileError, ImportStoppedError, import_file
 from adapters.ingest import as_endpoint
 from adapters.providers.base import Endpoint
 from adapters.settings import parse_database_url
@@ -149,3 +150,28 @@ def test_several_processes_need_postgresql(storage: Storage, tmp_path: Path) -> 
             import_file(storage, endpoint, path, "generic-jsonl", jobs=2)
     else:
         assert import_file(storage, endpoint, path, "generic-jsonl", jobs=2).items == 1
+
+
+def test_worker_processes_that_cannot_open_the_database_stop_the_import(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "two-batches.jsonl"
+    lines = [
+        {"event_type": "Delivery", "message_id": f"m{n}", "to_address": "a@x.test",
+         "event_at": "2025-03-14T19:04:02Z", "event_id": f"e{n}"}
+        for n in range(4)
+    ]  # fmt: skip
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    store = open_storage(parse_database_url(postgres_url))
+    try:
+        endpoint = endpoint_for(store, "generic", {"secret": signing.GENERIC_SECRET})
+        gone = parse_database_url(postgres_url.rsplit("/", 1)[0] + "/mailledger_no_such_db")
+        # The first batch is recorded here; the workers, which would take the rest,
+        # cannot open their database: the import stops and says so (it used to be
+        # able to wait forever, as a pool restarts workers that fail to start).
+        with pytest.raises(ImportStoppedError, match="could not open the database"):
+            import_file(replace(store, database=gone), endpoint, path, "generic-jsonl",
+                        batch=2, jobs=2, alone=0)  # fmt: skip
+        assert store.ledger.head_position() == 2
+    finally:
+        store.close()
