@@ -170,7 +170,7 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
         return EXIT_USAGE
     except ImportStoppedError as error:
         print(
-            f"mailledger: import stopped {error}; what it recorded stays recorded, and "
+            f"mailledger: import stopped: {error}; what it recorded stays recorded, and "
             "importing the file again records the rest",
             file=sys.stderr,
         )
