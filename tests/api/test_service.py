@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
+import app
 from adapters.settings import Settings, parse_database_url
 from adapters.storage import Storage, make_engine, open_storage
 from app import create_app
@@ -157,3 +159,21 @@ def _answer_and_record_once(tenant: Tenant, base: str) -> None:
         time.sleep(0.1)
     assert shown.status_code == 200, shown.text
     assert shown.json()["state"] == "delivered"
+
+
+def test_the_projection_process_waits_for_a_database_that_is_away(pg_server_url: str) -> None:
+    # `serve --workers N` starts it beside the workers; when the database does not
+    # answer yet, it waits (and stops when told) rather than dying, which would leave
+    # the read models behind for as long as the service runs.
+    away = Settings(database_url=pg_server_url.rsplit("/", 1)[0] + "/mailledger_not_yet")
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    follower = context.Process(target=app._follow, args=(away, stop))
+    follower.start()
+    try:
+        time.sleep(3)  # several failed attempts to open the database
+        assert follower.is_alive()
+    finally:
+        stop.set()
+        follower.join(timeout=30)
+    assert follower.exitcode == 0
