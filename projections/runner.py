@@ -9,13 +9,14 @@ same batch, because the second waits on the row lock and then sees the new posit
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Column, Connection, Engine, Table, bindparam, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from projections.base import Positioned, Projection, metadata, tracking
 
@@ -247,8 +248,10 @@ class ProjectionRunner:
         chosen = {name: self.get(name) for name in sorted(set(names))}
         with self.engine.begin() as conn:
             self._lock(conn, list(chosen))
-            for projection in chosen.values():
-                for table in projection.tables:
+            tables = [table for projection in chosen.values() for table in projection.tables]
+            aside = _TablesAside(conn, tables) if conn.dialect.name == "postgresql" else None
+            if aside is None:
+                for table in tables:
                     conn.execute(table.delete())
             head = self.head()
             total = 0
@@ -258,6 +261,8 @@ class ProjectionRunner:
                 total += len(batch)
                 if progress is not None:
                     progress(len(batch))
+            if aside is not None:
+                aside.swap_in()
             chosen_rows = tracking.c.name.in_(list(chosen))
             conn.execute(update(tracking).where(chosen_rows).values(position=head))
         return total
@@ -301,3 +306,35 @@ class ProjectionRunner:
             except Exception as error:
                 log.warning("projections paused: %s", error)
             stop.wait(interval)
+
+
+class _TablesAside:
+    """A PostgreSQL rebuild's new tables, made beside the live ones in the rebuild's
+    transaction: empty copies without their secondary indexes in a schema of their
+    own, searched first, so the projections write there under the usual names. At
+    the end their indexes are built (one sort each, where keeping them up row by row
+    cost a fifth of the rebuild) and they replace the live tables. Until then, and
+    while the indexes are built, queries read the live tables; only the swap itself
+    waits for them. A rebuild that fails drops the schema with everything else."""
+
+    def __init__(self, conn: Connection, tables: Sequence[Table]) -> None:
+        self.conn, self.tables = conn, tables
+        self.live = str(conn.exec_driver_sql("SELECT current_schema()").scalar_one())
+        self.schema = f"mailledger_rebuild_{uuid.uuid4().hex[:12]}"
+        path = str(conn.exec_driver_sql("SHOW search_path").scalar_one())
+        conn.exec_driver_sql(f'CREATE SCHEMA "{self.schema}"')
+        conn.exec_driver_sql(f'SET LOCAL search_path TO "{self.schema}", {path}')
+        for table in tables:
+            conn.execute(CreateTable(table))
+
+    def swap_in(self) -> None:
+        """Index the new tables and put them in the live ones' place."""
+        for table in self.tables:
+            for index in table.indexes:
+                self.conn.execute(CreateIndex(index))
+        for table in self.tables:
+            self.conn.exec_driver_sql(f'DROP TABLE "{self.live}"."{table.name}"')
+            self.conn.exec_driver_sql(
+                f'ALTER TABLE "{self.schema}"."{table.name}" SET SCHEMA "{self.live}"'
+            )
+        self.conn.exec_driver_sql(f'DROP SCHEMA "{self.schema}"')

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, func, select, text
 
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
@@ -120,6 +120,56 @@ def test_a_rebuild_that_fails_leaves_the_projection_as_it_was(storage: Storage) 
         storage.runner.rebuild("events")
     assert snapshot(storage) == before
     assert {s.lag for s in storage.runner.status()} == {0}
+
+
+class Peeking:
+    """The events projection, looking at the live table (from another connection, as
+    a query would) before each batch of a rebuild."""
+
+    name = "events"
+    tables: Sequence[Table] = (email_events,)
+
+    def __init__(self, inner: Any, store: Storage) -> None:
+        self.inner, self.store = inner, store
+        self.seen: list[int] = []
+
+    def process(
+        self, conn: Connection, batch: Sequence[Positioned], *, whole_emails: bool = False
+    ) -> None:
+        with self.store.reader.connect() as reader:
+            reader.exec_driver_sql("SET lock_timeout = '2s'")  # a wait fails the test
+            count = select(func.count()).select_from(email_events)
+            self.seen.append(reader.execute(count).scalar_one())
+        self.inner.process(conn, batch, whole_emails=whole_emails)
+
+
+@pytest.mark.postgres
+def test_queries_read_the_old_rows_during_a_rebuild_and_the_new_ones_after(
+    postgres_url: str,
+) -> None:
+    store = open_storage(parse_database_url(postgres_url))
+    try:
+        store.ledger.record([report("Delivery", message_id=f"m-{i}") for i in range(9)])
+        store.runner.catch_up_all()
+        before = snapshot(store)
+        peeking = Peeking(store.runner.projections["events"], store)
+        store.runner.projections["events"] = peeking
+        store.runner.rebuild_batch_size = 3  # several batches, a look before each
+        store.runner.rebuild("events")
+        assert len(peeking.seen) >= 2
+        assert set(peeking.seen) == {9}  # the old rows, without waiting
+        assert snapshot(store) == before
+        with store.engine.connect() as conn:
+            indexes = conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'email_events'")
+            ).scalars()
+            assert {index.name for index in email_events.indexes} <= set(indexes)
+            aside = conn.execute(
+                text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'mailledger_rebuild%'")
+            ).all()
+            assert aside == []  # the rebuild's own schema is gone
+    finally:
+        store.close()
 
 
 def test_status_reports_position_and_lag(storage: Storage) -> None:
