@@ -41,7 +41,7 @@ from adapters.providers.base import CertificateSource
 from adapters.providers.sns_certs import SnsCertificates
 from adapters.sending.worker import SendWorker
 from adapters.settings import Settings
-from adapters.storage import Storage, StorageUnavailableError, open_storage
+from adapters.storage import Storage, StorageUnavailableError, open_configured
 from projections.runner import Stop
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = storage
         if store is None:
-            store = await run_in_threadpool(
-                lambda: open_storage(
-                    settings.database,
-                    batch_size=settings.projection_batch_size,
-                    cache_size=settings.cache_size,
-                )
-            )
+            store = await run_in_threadpool(open_configured, settings)
         app.state.storage = store
         committer = GroupCommitter(store)
         app.state.hooks = Hooks(
@@ -161,11 +155,7 @@ def _follow(settings: Settings, stop: Stop) -> None:
     cli.configure_logging()
     while True:  # the database may be away when the service starts; wait for it
         try:
-            storage = open_storage(
-                settings.database,
-                batch_size=settings.projection_batch_size,
-                cache_size=settings.cache_size,
-            )
+            storage = open_configured(settings)
             break
         except StorageUnavailableError as error:
             log.warning("projections waiting for the database: %s", error)

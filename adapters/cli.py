@@ -24,7 +24,7 @@ from adapters.importer import (
 )
 from adapters.ingest import as_endpoint, replay
 from adapters.settings import Settings, SettingsError
-from adapters.storage import Storage, StorageUnavailableError, open_storage
+from adapters.storage import Storage, StorageUnavailableError, open_configured
 from adapters.workspaces import create_workspace
 from domain.reports import InvalidReportError, normalize_time
 from projections.runner import UnknownProjectionError
@@ -143,11 +143,7 @@ def run(argv: Sequence[str], serve: Serve, out: TextIO = sys.stdout) -> int:
         settings = Settings.from_env()
         if args.command == "serve":
             _check_workers(settings, args.workers)
-        storage = open_storage(
-            settings.database,
-            batch_size=settings.projection_batch_size,
-            cache_size=settings.cache_size,
-        )
+        storage = open_configured(settings)
     except (SettingsError, StorageUnavailableError) as error:
         print(f"mailledger: error: {error}", file=sys.stderr)
         return EXIT_USAGE

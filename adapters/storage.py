@@ -29,13 +29,14 @@ from adapters import canonical
 from adapters.sending import tables as sending_tables  # noqa: F401 (defines tables too)
 from adapters.sending.provider_ids import ProviderIdsProjection
 from adapters.sending.suppression import SuppressionProjection
-from adapters.settings import Database
+from adapters.settings import Database, Settings
 from adapters.workspaces import admin_metadata
 from domain.application import EmailLedger, Head
 from domain.events import EmailEvent
 from domain.reports import utc_now
 from projections import default_projections
 from projections.base import Positioned
+from projections.bulk import SQLITE_CHUNK
 from projections.runner import EmailOrderReader, EmailPlace, ProjectionRunner
 
 
@@ -321,9 +322,6 @@ def _read_by_email(
     raise TypeError(f"no email-ordered reads for {type(recorder).__name__}")
 
 
-SQLITE_CHUNK = 500  # stays well under SQLite's limit on bound parameters
-
-
 def load_heads(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list[Head]:
     """Every stored event of many emails as (email id, version, decoded state), in
     (email, version) order: one query per chunk, the states read straight from their
@@ -418,3 +416,13 @@ def open_storage(
         runner.create_tables()
         admin_metadata.create_all(engine)
     return Storage(database, ledger, engine, runner, reader, service_secret(engine, "continuation"))
+
+
+def open_configured(settings: Settings) -> Storage:
+    """`open_storage` as the settings ask (the service, each command and the
+    projection process of `serve --workers N` open it so)."""
+    return open_storage(
+        settings.database,
+        batch_size=settings.projection_batch_size,
+        cache_size=settings.cache_size,
+    )

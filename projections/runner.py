@@ -239,7 +239,8 @@ class ProjectionRunner:
 
         The pass reads the log email by email and hands the projections each email's
         events together, so each email's rows are written once (not once per batch
-        its events fall in). It runs in one transaction that empties the tables and
+        its events fall in). It runs in one transaction that empties the tables (on
+        PostgreSQL, writes new ones beside them and swaps them in: `_TablesAside`) and
         ends with every position at the head it read to: queries keep seeing the old
         rows until the new ones replace them, and a rebuild that fails leaves the
         projections as they were. Events recorded meanwhile are past that head, and
