@@ -6,10 +6,11 @@ API pages: `{"items": [...]}` objects, one a line or one per file), `generic-jso
 (mailledger's own event JSON, one a line). Reports are recorded in batches; importing
 the same file again records nothing.
 
-On PostgreSQL several processes parse and record at once (`jobs`), each its own
-batches, one transaction each: the ledger's version check keeps two batches that touch
-one email from both writing it (the loser reloads the email and drops what the winner
-recorded), so the result is the same as one process's.
+On PostgreSQL several processes parse and record at once (`jobs`: this one and
+`jobs - 1` workers), each its own batches, one transaction each: the ledger's version
+check keeps two batches that touch one email from both writing it (the loser reloads
+the email and drops what the winner recorded), so the result is the same as one
+process's.
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ Item = tuple[int, bytes]  # (line or item number, one parseable unit)
 
 # Items imported in this process before worker processes are started for the rest. A
 # worker takes about a second to start (a new interpreter, its imports, its
-# connections); one process records about 17,000 items/s and two about 25,000 to
-# 30,000, so they pay off from about 40,000 items. A file of up to 20,000 never waits
-# for them, and one a little longer loses about a second.
-ALONE_UP_TO = 20_000
+# connections), during which this process goes on importing, so a bigger file loses
+# nothing to the start; a smaller one is done before a worker could help, and does not
+# wait for one to start and stop.
+ALONE_UP_TO = 5_000
 
 
 def default_jobs(database: Database) -> int:
@@ -135,7 +136,7 @@ class _Importer:
     """Parses items and records their reports, one batch of items at a time."""
 
     def __init__(self, storage: Storage, endpoint: Endpoint, fmt: str) -> None:
-        self.storage, self.endpoint = storage, endpoint
+        self.storage, self.endpoint, self.fmt = storage, endpoint, fmt
         self.parse = _parser(fmt)
         self.directory = Directory(seconds=3600)
 
@@ -182,8 +183,8 @@ def import_file(
     alone: int = ALONE_UP_TO,
 ) -> ImportSummary:
     """Parse every item of the file and record its reports, `batch` items at a time:
-    the first `alone` items in this process, the rest (if any) in `jobs` processes
-    (more than one needs PostgreSQL)."""
+    the first `alone` items in this process, the rest (if any) in this one and `jobs -
+    1` worker processes (more than one process needs PostgreSQL)."""
     if fmt not in FORMATS:
         raise ImportFileError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if FORMATS[fmt] != endpoint.provider:
@@ -206,11 +207,7 @@ def import_file(
             following = next(chunks, None)
             if following is not None:
                 rest = chain([following], chunks)
-                summary.add(
-                    _in_processes(
-                        storage.database, endpoint, fmt, rest, jobs=jobs, progress=progress
-                    )
-                )
+                summary.add(_in_processes(importer, rest, jobs=jobs, progress=progress))
             break
     summary.unparseable.sort()
     return summary
@@ -247,33 +244,39 @@ def _run_worker(chunk: list[Item]) -> ImportSummary:
 
 
 def _in_processes(
-    database: Database,
-    endpoint: Endpoint,
-    fmt: str,
+    importer: _Importer,
     chunks: Iterable[list[Item]],
     *,
     jobs: int,
     progress: Callable[[int], object] | None,
 ) -> ImportSummary:
-    # This process reads the file and hands out batches; the workers parse and record
-    # them. A few batches per worker are in flight, so the file is never held whole.
+    # `jobs - 1` worker processes and this one import the batches: a worker has two
+    # batches handed to it at any time (so it never waits for this process to finish
+    # one of its own), and this process records the batches no worker has room for.
+    # It holds no more of the file than the batches in flight.
     summary = ImportSummary()
+    storage, workers = importer.storage, jobs - 1
     context = multiprocessing.get_context("spawn")
-    with context.Pool(jobs, initializer=_open_worker, initargs=(database, endpoint, fmt)) as pool:
+    initargs = (storage.database, importer.endpoint, importer.fmt)
+    with context.Pool(workers, initializer=_open_worker, initargs=initargs) as pool:
         flight: deque[tuple[int, AsyncResult[ImportSummary]]] = deque()
 
-        def collect() -> None:
-            size, result = flight.popleft()
-            summary.add(result.get())
-            if progress is not None:
-                progress(size)
+        def collect(*, wait: bool) -> None:
+            while flight and (wait or flight[0][1].ready()):
+                size, result = flight.popleft()
+                summary.add(result.get())
+                if progress is not None:
+                    progress(size)
 
         for chunk in chunks:
-            flight.append((len(chunk), pool.apply_async(_run_worker, (chunk,))))
-            if len(flight) >= 2 * jobs:
-                collect()
-        while flight:
-            collect()
+            collect(wait=False)
+            if len(flight) < 2 * workers:
+                flight.append((len(chunk), pool.apply_async(_run_worker, (chunk,))))
+                continue
+            summary.add(importer.run(chunk))
+            if progress is not None:
+                progress(len(chunk))
+        collect(wait=True)
         pool.close()
         pool.join()
     return summary
