@@ -29,8 +29,8 @@ from adapters.sending.message import (
     TooLargeError,
     check_address,
     check_attachments,
-    check_send_at,
     check_subject,
+    parse_send_at,
 )
 from adapters.sending.tier import TierCache
 from adapters.sending.worker import SendWorker
@@ -167,7 +167,7 @@ def _send_request(form: Form) -> SendRequest:
         subject=check_subject(str(form.one("subject"))),
         body_html=str(form.one("body_html")),
         attachments=check_attachments(form.files),
-        send_at=check_send_at(send_at, utc_now()) if send_at else None,
+        send_at=parse_send_at(send_at) if send_at else None,
     )
 
 

@@ -23,6 +23,7 @@ from adapters.sending.message import (
     InvalidSendError,
     SendRequest,
     build_message,
+    check_send_window,
     check_size,
 )
 from adapters.sending.tier import TierCache
@@ -69,8 +70,10 @@ class Sender:
             replay = self._replay(workspace_id, request, key)
             if replay is not None:
                 return replay
-        use_case = self._use_case(workspace_id, request.use_case_id)
         now = self.clock()
+        if request.send_at is not None:
+            check_send_window(request.send_at, now)
+        use_case = self._use_case(workspace_id, request.use_case_id)
         domain = use_case.from_address.rpartition("@")[2]
         message_id = f"{uuid.uuid4().hex}@{domain}"
         envelope = Envelope(use_case.from_address, request.to_address, message_id, now)

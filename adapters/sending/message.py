@@ -74,14 +74,15 @@ class SendRequest:
 
     def fingerprint(self) -> str:
         """What "the same request" means for Idempotency-Key: the parsed values, the
-        file names and contents; never the raw bytes (a retry has a new boundary)."""
+        file names and contents; never the raw bytes (a retry has a new boundary), nor
+        a file's declared type (a retry may label the same file differently)."""
         facts = {
             "use_case_id": self.use_case_id,
             "to_address": self.to_address,
             "subject": self.subject,
             "body_html": hashlib.sha256(self.body_html.encode()).hexdigest(),
             "send_at": self.send_at,
-            "attachments": [[a.filename, a.sha256, a.content_type] for a in self.attachments],
+            "attachments": [[a.filename, a.sha256] for a in self.attachments],
         }
         return hashlib.sha256(canonical_json(facts)).hexdigest()
 
@@ -126,17 +127,30 @@ def check_filename(value: str) -> str:
     return name
 
 
-def check_send_at(value: str, now: datetime) -> str:
-    """A time in the future, at most 72 hours ahead, in canonical form."""
+def parse_send_at(value: str) -> str:
+    """An RFC 3339 time in canonical form (where it lies is `check_send_window`'s)."""
     try:
-        moment = parse_time(value)
+        return format_time(parse_time(value))
     except InvalidReportError as error:
         raise InvalidSendError(f"send_at: {error}") from None
+
+
+def check_send_window(send_at: str, now: datetime) -> None:
+    """That a canonical `send_at` lies in the future, at most 72 hours ahead. Checked
+    when a send is accepted, after a repeated Idempotency-Key is answered: the retry of
+    a send whose time has come since gets the first answer, not this error."""
+    moment = parse_time(send_at)
     if moment <= now:
         raise InvalidSendError("send_at: must be in the future")
     if moment > now + MAX_SCHEDULE:
         raise InvalidSendError("send_at: must be at most 72 hours ahead")
-    return format_time(moment)
+
+
+def check_send_at(value: str, now: datetime) -> str:
+    """A time in the future, at most 72 hours ahead, in canonical form."""
+    send_at = parse_send_at(value)
+    check_send_window(send_at, now)
+    return send_at
 
 
 def content_type_of(declared: str | None, filename: str) -> str:

@@ -416,6 +416,30 @@ def test_the_same_key_for_a_different_request_is_422(acme: Sending, change: dict
     assert "Idempotency-Key" in response.json()["error"]["message"]
 
 
+def test_a_retry_after_send_at_has_passed_answers_the_first_response(acme: Sending) -> None:
+    # The retry of a scheduled send whose time has come since is the same request: it
+    # gets the first answer, not "send_at: must be in the future".
+    soon = utc_now() + timedelta(seconds=1)
+    first = acme.send(send_at=format_time(soon), headers={"Idempotency-Key": "soon-1"})
+    assert first.status_code == 201, first.text
+    time.sleep(max((soon - utc_now()).total_seconds(), 0) + 0.05)
+    again = acme.send(send_at=format_time(soon), headers={"Idempotency-Key": "soon-1"})
+    assert (again.status_code, again.json()) == (201, first.json())
+    # Without the key it is a new send, and the time is checked.
+    late = acme.send(send_at=format_time(soon))
+    assert late.status_code == 422
+    assert late.json()["error"]["message"] == "send_at: must be in the future"
+
+
+def test_a_retry_that_labels_a_file_differently_is_the_same_request(acme: Sending) -> None:
+    labelled = [("attachments", ("a.pdf", b"%PDF-1.4 same", "application/pdf"))]
+    relabelled = [("attachments", ("a.pdf", b"%PDF-1.4 same", "application/x-pdf"))]
+    first = acme.send(files=labelled, headers={"Idempotency-Key": "pdf-1"})
+    again = acme.send(files=relabelled, headers={"Idempotency-Key": "pdf-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+
+
 def test_keys_are_per_workspace(acme: Sending, other: Sending) -> None:
     mine = acme.sent(headers={"Idempotency-Key": "shared"})
     theirs = other.sent(headers={"Idempotency-Key": "shared"})
