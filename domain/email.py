@@ -35,9 +35,14 @@ def _latest(current: str | None, candidate: str) -> str:
 
 
 def _rank(event: EmailEvent) -> str:
-    # Lower ranks win; a Sent always outranks other kinds, then the earliest event_at,
-    # then the semantic key, so the choice never depends on arrival order.
-    kind = "0" if event.event_type is EventType.SENT else "1"
+    # Lower ranks win; a Sent always outranks other kinds, mailledger's own Sent (an API
+    # send) outranks one a webhook reported, then the earliest event_at, then the
+    # semantic key, so the choice never depends on arrival order. ("0~" sorts after
+    # "0<digit>", the own Sent's rank, and before "1": stored ranks keep their meaning.)
+    if event.event_type is not EventType.SENT:
+        kind = "1"
+    else:
+        kind = "0" if event.provider == SENDER_PROVIDER else "0~"
     return f"{kind}{event.event_at}{event.semantic_key}"
 
 

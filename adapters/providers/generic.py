@@ -42,6 +42,14 @@ SIGNATURE_VERSION = "v1"
 EVENT_TYPES = {event_type.value: event_type for event_type in EventType}
 # Detail fields that are times, normalized like every other time.
 TIME_FIELDS = frozenset({"expiration_time"})
+# The fields a sender may give each event type: section 1's, but not what only
+# mailledger decides at an API send: the use case (an email made from a webhook has
+# none, SPEC 4.3) and the reputation tier (the setup's rates at send time, SPEC 5).
+MAILLEDGER_ONLY = frozenset({"use_case_id", "tier"})
+GIVEN_FIELDS = {
+    event_type: tuple(name for name in DETAIL_FIELDS[event_type] if name not in MAILLEDGER_ONLY)
+    for event_type in EventType
+}
 
 
 def verify(
@@ -140,7 +148,7 @@ def _detail(event: JsonObject, event_type: EventType) -> dict[str, Any]:
     """The event type's own fields, under their own names; types are the domain's check."""
     detail = {
         name: event.data[name]
-        for name in DETAIL_FIELDS[event_type]
+        for name in GIVEN_FIELDS[event_type]
         if event.data.get(name) is not None
     }
     for name in TIME_FIELDS & detail.keys():

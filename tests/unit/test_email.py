@@ -223,6 +223,35 @@ def test_event_before_sent_creates_the_email_and_sent_fills_it_in() -> None:
     assert view.state == "delivered"
 
 
+def test_the_api_send_names_the_email_whatever_sent_a_webhook_reports() -> None:
+    # An MTA's Sent for the same message, even an earlier one, does not replace what
+    # the API send recorded (use case, sender, subject), in either order.
+    api = report(
+        "Sent",
+        provider="mailledger",
+        event_at="2025-03-14T19:00:00Z",
+        from_address="news@shop.test",
+        subject="Your order",
+        use_case_id="uc-1",
+    )
+    relay = report(
+        "Sent",
+        provider="generic",
+        event_at="2025-03-14T18:59:59Z",
+        from_address="bounces@relay.test",
+        subject="(relayed)",
+    )
+    for items in ([api, relay], [relay, api]):
+        ((_, log),) = record_all(items).values()
+        view = view_of(log)
+        assert (view.use_case_id, view.from_address, view.subject) == (
+            "uc-1",
+            "news@shop.test",
+            "Your order",
+        )
+        assert view.sent_at == "2025-03-14T19:00:00.000000Z"
+
+
 def test_adopted_email_takes_what_the_event_says() -> None:
     delivery = report(
         "Delivery",

@@ -288,6 +288,16 @@ def test_fields_of_other_event_types_are_not_taken() -> None:
     assert "bounce_type" not in parse(json.dumps(event).encode()).reports[0].detail
 
 
+def test_a_sent_cannot_name_a_use_case_or_a_tier() -> None:
+    # Only an API send knows those (SPEC 4.3: an email made from a webhook has no use
+    # case; SPEC 5: the tier comes from the setup's rates at send time).
+    event = json.loads(payload("generic", "sent")) | {"use_case_id": "uc-9", "tier": "gold"}
+    detail = parse(json.dumps(event).encode()).reports[0].detail
+    assert "use_case_id" not in detail
+    assert "tier" not in detail
+    assert detail["attachment_filenames"] == ["invoice-2025-03.pdf"]
+
+
 def test_the_workspace_is_the_endpoints_whatever_the_body_says() -> None:
     event = json.loads(payload("generic", "delivery")) | {"workspace_id": "someone-else"}
     assert parse(json.dumps(event).encode()).reports[0].workspace_id == WORKSPACE
