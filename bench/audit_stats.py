@@ -59,6 +59,7 @@ def _row(i: int, count: int, workspace_id: str, rng: random.Random) -> dict[str,
     delivered = not bounced and rng.random() < 0.95
     opens = rng.choice((0, 0, 1, 1, 2, 3)) if delivered else 0
     clicks = rng.choice((0,) * 9 + (1,)) if opens else 0
+    hard = bounced and rng.random() < 0.6
     return {
         "id": str(uuid.UUID(int=i + 2_000_000_000)),
         "workspace_id": workspace_id,
@@ -68,7 +69,8 @@ def _row(i: int, count: int, workspace_id: str, rng: random.Random) -> dict[str,
         "recipient_domain": address.rpartition("@")[2],
         "delivered": int(delivered),
         "bounced": int(bounced),
-        "bounced_hard": int(bounced and rng.random() < 0.6),
+        "bounced_hard": int(hard),
+        "bounced_soft": int(bounced and not hard),
         "complained": int(delivered and rng.random() < 0.001),
         "rejected": int(not delivered and not bounced),
         "delayed": int(rng.random() < 0.03),

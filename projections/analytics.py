@@ -12,9 +12,10 @@ query reads whole hours (or days) of its window from a rollup, and only the part
 periods at the window's edges from the per-email rows: a 30-day window is a few hundred
 rollup rows whatever the volume.
 
-Definitions (docs/analytics.md): `bounced` = at least one Bounce; `bounced_hard` = at
-least one Bounce whose bounce_type is Permanent; `bounced_soft` = bounced but never
-Permanently (Transient, Undetermined or no type), so hard + soft = bounced.
+Definitions (docs/analytics.md, SPEC 3): `bounced` = at least one Bounce; `bounced_hard`
+= at least one Bounce whose bounce_type is Permanent; `bounced_soft` = at least one
+whose bounce_type is Transient or Undetermined. An email can be both (a soft bounce,
+then a hard one), and a Bounce without a type is only `bounced`.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from projections.emails import TIME
 # Outcomes an email has had at least once (0 or 1 each, so SUM counts emails).
 FLAGS = (
     "delivered", "bounced", "bounced_hard", "complained", "rejected", "delayed", "opened",
-    "clicked",
+    "clicked", "bounced_soft",
 )  # fmt: skip
+SOFT_BOUNCES = ("Transient", "Undetermined")
 # Raw totals.
 TOTALS = ("opens", "clicks")
 # What the fold needs to decide the cohort the way EmailView does (see its ranks).
@@ -68,8 +70,9 @@ email_analytics = Table(
     Column("setup_id", String(36)),
     Column("sent_at", TIME, nullable=False),
     Column("recipient_domain", String(255), nullable=False),
-    *(Column(name, SmallInteger, nullable=False) for name in FLAGS),
-    *(Column(name, Integer, nullable=False) for name in TOTALS),
+    # Defaulted, so ProjectionRunner.create_tables can add a new one to an older table.
+    *(Column(name, SmallInteger, nullable=False, server_default="0") for name in FLAGS),
+    *(Column(name, Integer, nullable=False, server_default="0") for name in TOTALS),
     Column("to_address", String(320), nullable=False),
     Column("id_rank", String(128)),
     Column("origin_rank", String(128)),
@@ -129,8 +132,11 @@ class Cohort:
             self.counts[flag] = 1
         elif kind is EventType.BOUNCE:
             self.counts["bounced"] = 1
-            if getattr(event, "bounce_type", None) == "Permanent":
+            bounce_type = getattr(event, "bounce_type", None)
+            if bounce_type == "Permanent":
                 self.counts["bounced_hard"] = 1
+            elif bounce_type in SOFT_BOUNCES:
+                self.counts["bounced_soft"] = 1
         elif kind is EventType.OPEN:
             self.counts["opens"] += 1
             if not getattr(event, "machine_open", False):
@@ -173,7 +179,7 @@ class Rollup:
             Column("setup_id", String(36), primary_key=True),
             Column(period, String(width), primary_key=True),
             *domain,
-            *(Column(n, Integer, nullable=False) for n in SUMS),
+            *(Column(n, Integer, nullable=False, server_default="0") for n in SUMS),
             Index(f"{name}_by_setup", "workspace_id", "setup_id", period),
         )
         self.key_names = tuple(c.name for c in self.table.primary_key.columns)

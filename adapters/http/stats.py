@@ -21,7 +21,7 @@ COUNTS = (
     "sent", "delivered", "bounced", "bounced_hard", "bounced_soft", "complained", "rejected",
     "delayed", "unique_opens", "unique_clicks", "opens", "clicks",
 )  # fmt: skip
-# The projection's column behind each count (bounced_soft is bounced - bounced_hard).
+# The projection's column behind each count, where its name differs.
 _COLUMNS = {"unique_opens": "opened", "unique_clicks": "clicked"}
 
 
@@ -57,7 +57,7 @@ class Figures(BaseModel):
     delivered: int
     bounced: int
     bounced_hard: int = Field(description="With at least one Permanent bounce.")
-    bounced_soft: int = Field(description="Bounced, never Permanently.")
+    bounced_soft: int = Field(description="With at least one Transient or Undetermined bounce.")
     complained: int
     rejected: int
     delayed: int
@@ -106,9 +106,7 @@ def figures(counts: dict[str, int]) -> dict[str, Any]:
 
 
 def _counts(row: dict[str, Any]) -> dict[str, int]:
-    counts = {name: int(row[_COLUMNS.get(name, name)]) for name in COUNTS if name != "bounced_soft"}
-    counts["bounced_soft"] = counts["bounced"] - counts["bounced_hard"]
-    return counts
+    return {name: int(row[_COLUMNS.get(name, name)]) for name in COUNTS}
 
 
 def _key(group_by: GroupBy, raw: str | None) -> str | None:

@@ -54,14 +54,13 @@ def get_stats(client: TestClient, tenant: Tenant, **params: str) -> dict[str, An
 def outcome(events: list[Any]) -> dict[str, int]:
     """What happened to one email, counted straight from its stored events."""
     kinds = [str(e.event_type) for e in events]
-    hard = any(e.event_type == "Bounce" and e.bounce_type == "Permanent" for e in events)
-    bounced = "Bounce" in kinds
+    types = {e.bounce_type for e in events if e.event_type == "Bounce"}
     return {
         "sent": 1,
         "delivered": int("Delivery" in kinds),
-        "bounced": int(bounced),
-        "bounced_hard": int(hard),
-        "bounced_soft": int(bounced and not hard),
+        "bounced": int("Bounce" in kinds),
+        "bounced_hard": int("Permanent" in types),
+        "bounced_soft": int(bool(types & {"Transient", "Undetermined"})),
         "complained": int("Complaint" in kinds),
         "rejected": int("Reject" in kinds),
         "delayed": int("DeliveryDelay" in kinds),

@@ -174,6 +174,7 @@ def bounced(*types: str | None) -> dict[str, Any]:
     return {
         "bounced": 1,
         "bounced_hard": int("Permanent" in types),
+        "bounced_soft": int("Transient" in types or "Undetermined" in types),
         "reports": [
             report(
                 "Bounce", event_at=f"2025-03-14T19:0{i}:00Z", bounce_type=t, message_id=str(types)
@@ -183,7 +184,10 @@ def bounced(*types: str | None) -> dict[str, Any]:
     }
 
 
-def test_hard_means_any_permanent_bounce_and_soft_every_other_bounce(storage: Storage) -> None:
+def test_hard_and_soft_each_mean_at_least_one_bounce_of_their_types(storage: Storage) -> None:
+    # SPEC 3: bounced_hard (Permanent), bounced_soft (Transient or Undetermined), each
+    # "the number of emails with at least one such event": soft then hard is both; a
+    # bounce without a type is neither.
     cases = [
         bounced("Permanent"),
         bounced("Transient"),
@@ -198,15 +202,21 @@ def test_hard_means_any_permanent_bounce_and_soft_every_other_bounce(storage: St
     storage.runner.catch_up_all()
     with storage.engine.connect() as conn:
         found = {
-            row["message_id"]: (row["bounced"], row["bounced_hard"])
+            row["message_id"]: (row["bounced"], row["bounced_hard"], row["bounced_soft"])
             for row in conn.execute(
                 select(
-                    emails.c.message_id, email_analytics.c.bounced, email_analytics.c.bounced_hard
+                    emails.c.message_id,
+                    email_analytics.c.bounced,
+                    email_analytics.c.bounced_hard,
+                    email_analytics.c.bounced_soft,
                 ).join(emails, emails.c.id == email_analytics.c.id)
             ).mappings()
         }
     for case in cases:
-        assert found[case["reports"][0].message_id] == (1, case["bounced_hard"])
+        expected = (1, case["bounced_hard"], case["bounced_soft"])
+        assert found[case["reports"][0].message_id] == expected
+    assert found[str(("Transient", "Permanent"))] == (1, 1, 1)
+    assert found[str((None,))] == (1, 0, 0)
 
 
 def test_a_late_event_counts_in_the_group_of_the_day_its_email_was_sent(storage: Storage) -> None:

@@ -9,9 +9,11 @@ import uuid
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text, update
 
-from adapters.settings import parse_database_url
+from adapters.settings import Database, parse_database_url
 from adapters.storage import Storage, open_storage
+from domain.application import Outcome
 from domain.reports import Report, event_kind
+from projections.analytics import StatsFilter, stats_groups
 from projections.base import tracking
 from projections.emails import emails, get_email_row
 from projections.runner import SchemaUpgradeError, add_column_ddl
@@ -76,18 +78,27 @@ def test_an_older_emails_table_made_by_hand_gets_the_new_columns(database_url: s
         store.close()
 
 
-def test_dropped_columns_come_back_with_their_defaults_on_rows_kept(database_url: str) -> None:
-    database = parse_database_url(database_url)
+def recorded_then_dropped(
+    database: Database, reports: list[Report], columns: list[tuple[str, str]]
+) -> list[Outcome]:
+    """Record and project the reports, then drop the (table, column)s, as a database
+    made by an older release holds them."""
     store = open_storage(database)
     try:
-        (outcome, *_) = store.ledger.record([make("Sent", 0), deferral(1)])
+        outcomes = store.ledger.record(reports)
         store.runner.catch_up_all()
         with store.engine.begin() as conn:
-            for name in NEW_COLUMNS:
-                conn.execute(text(f"ALTER TABLE emails DROP COLUMN {name}"))
+            for table, name in columns:
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {name}"))
     finally:
         store.close()
+    return outcomes
 
+
+def test_dropped_columns_come_back_with_their_defaults_on_rows_kept(database_url: str) -> None:
+    database = parse_database_url(database_url)
+    dropped = [("emails", name) for name in NEW_COLUMNS]
+    (outcome, *_) = recorded_then_dropped(database, [make("Sent", 0), deferral(1)], dropped)
     store = open_storage(database)
     try:
         row = row_of(store, outcome.email_id)
@@ -103,6 +114,31 @@ def test_dropped_columns_come_back_with_their_defaults_on_rows_kept(database_url
         store.runner.create_tables()
         with store.reader.connect() as conn:
             assert conn.execute(select(emails.c.try_count)).scalars().all() == [2]
+    finally:
+        store.close()
+
+
+def test_analytics_tables_made_before_bounced_soft_get_the_column(database_url: str) -> None:
+    analytics = ("email_analytics", "analytics_hourly", "analytics_daily_domains")
+    database = parse_database_url(database_url)
+    bounce = make("Bounce", 1, "ses", bounce_type="Transient")
+    recorded_then_dropped(
+        database, [make("Sent", 0), bounce], [(table, "bounced_soft") for table in analytics]
+    )
+    store = open_storage(database)
+    try:
+        with store.engine.connect() as conn:
+            inspector = inspect(conn)
+            for table in analytics:
+                assert "bounced_soft" in {c["name"] for c in inspector.get_columns(table)}
+        where = StatsFilter(WORKSPACE)
+        with store.engine.connect() as conn:
+            (group,) = stats_groups(conn, where, "day")
+        assert (group["bounced"], group["bounced_soft"]) == (1, 0)  # until a rebuild
+        store.runner.rebuild("analytics")
+        with store.engine.connect() as conn:
+            (group,) = stats_groups(conn, where, "day")
+        assert (group["bounced"], group["bounced_soft"]) == (1, 1)
     finally:
         store.close()
 
