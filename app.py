@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -11,20 +13,23 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from adapters import cli
 from adapters.http.admin import admin_operations
 from adapters.http.api import Operation
 from adapters.http.emails import email_operations
-from adapters.http.errors import exception_handlers
+from adapters.http.errors import error_response, exception_handlers
 from adapters.http.health import healthz
 from adapters.http.history import history_operations
 from adapters.http.hooks import (
@@ -55,14 +60,84 @@ def create_app(
     certificates: CertificateSource | None = None,
     confirm_subscription: Callable[[str], None] = confirm_over_https,
 ) -> Starlette:
-    """The HTTP service. Opens `storage` at start-up unless one is given."""
+    """The HTTP service. Opens `storage` at start-up unless one is given; if the
+    database is away then, the service answers 503 (`WhileClosed`) and opens it in the
+    background as soon as it answers."""
+
+    def start(app: Starlette, store: Storage) -> Running:
+        return Running.start(app, store, settings, certificates, confirm_subscription,
+                             run_projections=run_projections)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = storage
-        if store is None:
+        app.state.storage = None
+        running: list[Running] = []
+        opener: asyncio.Task[None] | None = None
+        if storage is not None:
+            running.append(start(app, storage))
+        else:
+            try:
+                running.append(start(app, await run_in_threadpool(open_configured, settings)))
+            except StorageUnavailableError as error:
+                log.warning("the database is away, answering 503 until it is back: %s", error)
+                opener = asyncio.create_task(
+                    _open_when_back(settings, lambda s: running.append(start(app, s)))
+                )
+        try:
+            yield
+        finally:
+            if opener is not None:
+                opener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await opener
+            for started in running:
+                await started.stop(close=storage is None)
+
+    return Starlette(
+        routes=routes(),
+        middleware=[Middleware(WhileClosed)],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+
+
+async def _open_when_back(settings: Settings, opened: Callable[[Storage], object]) -> None:
+    """Try to open the store every second until it opens; then hand it to `opened`."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
             store = await run_in_threadpool(open_configured, settings)
-        app.state.storage = store
+        except StorageUnavailableError as error:
+            log.warning("still waiting for the database: %s", error)
+            continue
+        opened(store)
+        log.info("the database is back: serving")
+        return
+
+
+@dataclass
+class Running:
+    """What serves requests over an opened store: the group commit of webhooks, the
+    send worker and (unless another process runs them) the projections."""
+
+    store: Storage
+    committer: GroupCommitter
+    sender: SendWorker
+    stop_projections: threading.Event
+    follower: threading.Thread
+
+    @classmethod
+    def start(
+        cls,
+        app: Starlette,
+        store: Storage,
+        settings: Settings,
+        certificates: CertificateSource | None,
+        confirm_subscription: Callable[[str], None],
+        *,
+        run_projections: bool,
+    ) -> Running:
+        """Start them, and make the store the app's (requests are served from then on)."""
         committer = GroupCommitter(store)
         app.state.hooks = Hooks(
             committer,
@@ -81,18 +156,42 @@ def create_app(
         )
         if run_projections:
             follower.start()
-        try:
-            yield
-        finally:
-            await committer.drain()
-            sender.stop()
-            stop.set()
-            if follower.is_alive():
-                follower.join(timeout=30)
-            if storage is None:
-                store.close()
+        app.state.storage = store
+        return cls(store, committer, sender, stop, follower)
 
-    return Starlette(routes=routes(), exception_handlers=exception_handlers(), lifespan=lifespan)
+    async def stop(self, *, close: bool) -> None:
+        """Finish what was accepted, stop the workers, and close the store if asked."""
+        await self.committer.drain()
+        self.sender.stop()
+        self.stop_projections.set()
+        if self.follower.is_alive():
+            self.follower.join(timeout=30)
+        if close:
+            self.store.close()
+
+
+# Paths served without the store.
+_STORELESS = ("/openapi.json", "/docs")
+
+
+class WhileClosed:
+    """Answers 503 (the JSON error) to every request that needs the store while it is
+    not open: a worker of `serve --workers N` started while the database was away
+    serves these until its store opens in the background."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["app"].state.storage is None
+            and not scope["path"].startswith(_STORELESS)
+        ):
+            response = error_response(503, "the database is unavailable; retry later")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def operations() -> list[Operation]:

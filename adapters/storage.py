@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from typing import Any
 from uuid import UUID
 
 import orjson
 import psycopg
-from eventsourcing.persistence import ApplicationRecorder, Transcoder
+from eventsourcing.persistence import ApplicationRecorder, OperationalError, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import resolve_topic
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 from sqlalchemy import Column, Engine, String, Table, create_engine, event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import exc as sqlalchemy_exc
+from sqlalchemy.engine import Dialect, ExceptionContext
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
 from adapters import canonical
+from adapters.eventstore import on_dead_connection
 from adapters.sending import tables as sending_tables  # noqa: F401 (defines tables too)
 from adapters.sending.provider_ids import ProviderIdsProjection
 from adapters.sending.suppression import SuppressionProjection
@@ -144,10 +149,59 @@ def schema_lock(database: Database) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+            # A lock ends with its session: if the connection died meanwhile (the
+            # database went away), so did the lock, and the error that says so is the
+            # one to raise, not this statement's.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
 
 
-def make_engine(database: Database, *, reads_only: bool = False) -> Engine:
+class Liveness:
+    """Which pooled PostgreSQL connections to ping before use, for the engines of one
+    store. After the database was away (restarted, a failover, a network cut), the
+    pools' connections are dead, and the first request to use each would fail with 503
+    although the database is back. So a connection is pinged first, and replaced if
+    dead, when it sat idle for `idle_seconds` or was last used before any engine of the
+    store lost a connection; others (a busy pool's) are used without a round trip."""
+
+    def __init__(self, idle_seconds: float = 1.0) -> None:
+        self.idle_seconds = idle_seconds
+        self.lost_at = 0.0  # when an engine last lost a connection (time.monotonic)
+
+    def watch(self, engine: Engine) -> None:
+        """Ping `engine`'s connections as above."""
+        event.listen(engine, "checkin", self._checked_in)
+        event.listen(engine, "checkout", partial(self._checked_out, engine.dialect))
+        event.listen(engine, "handle_error", self._failed)
+
+    @staticmethod
+    def _checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def _checked_out(
+        self, dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any
+    ) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None:
+            return  # a new connection
+        if idle_since > self.lost_at and time.monotonic() - idle_since < self.idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except psycopg.Error:
+            # The pool opens a new connection in its place.
+            raise DisconnectionError("a pooled connection is dead") from None
+
+    def _failed(self, context: ExceptionContext) -> None:
+        if context.is_disconnect or isinstance(
+            context.original_exception, psycopg.OperationalError
+        ):
+            self.lost_at = time.monotonic()
+
+
+def make_engine(
+    database: Database, *, reads_only: bool = False, liveness: Liveness | None = None
+) -> Engine:
     """A SQLAlchemy engine for the read models, in the same database.
 
     The writing engine wraps work in transactions (IMMEDIATE ones on SQLite, so a
@@ -169,16 +223,17 @@ def make_engine(database: Database, *, reads_only: bool = False) -> Engine:
             # (about 10x faster for a follower's batch); and nothing depends on
             # server-side prepared statements, which poolers such as PgBouncer mishandle.
             connect_args["prepare_threshold"] = None
-        return create_engine(
+        engine = create_engine(
             database.sqlalchemy_url,
-            # No ping per checkout (it doubles every query's round trips): a dropped
-            # connection fails its request with 503 and SQLAlchemy then replaces the
-            # pool's connections, so the service recovers by itself.
+            # No ping per checkout (it doubles every query's round trips under load):
+            # only a connection that may have died is pinged (`Liveness`).
             pool_size=4,
             max_overflow=8,
             connect_args=connect_args,
             **common,
         )
+        (liveness or Liveness()).watch(engine)
+        return engine
     engine = create_engine(database.sqlalchemy_url, connect_args={"timeout": 30}, **common)
     if not reads_only:
         event.listen(engine, "connect", _sqlite_connect)
@@ -263,6 +318,7 @@ def read_log(recorder: ApplicationRecorder, after: int, limit: int) -> list[LogR
     ]
 
 
+@on_dead_connection
 def _log_rows(
     recorder: PostgresApplicationRecorder, condition: str, params: Sequence[Any]
 ) -> list[LogRow]:
@@ -337,6 +393,7 @@ def load_heads(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list
     ]
 
 
+@on_dead_connection
 def _load_heads_postgres(
     recorder: PostgresApplicationRecorder, email_ids: Sequence[UUID]
 ) -> list[Head]:
@@ -378,6 +435,10 @@ def _load_heads_sqlite(
     return found
 
 
+# What the drivers raise when the database stops answering (restarted, network cut).
+CONNECTION_LOST = (psycopg.OperationalError, sqlalchemy_exc.OperationalError, OperationalError)
+
+
 def open_storage(
     database: Database,
     *,
@@ -385,7 +446,17 @@ def open_storage(
     cache_size: int | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Storage:
-    """Open (and on first start, create) everything the service stores."""
+    """Open (and on first start, create) everything the service stores; a database
+    that cannot be reached, or stops answering meanwhile, is StorageUnavailableError."""
+    try:
+        return _open_storage(database, batch_size, cache_size, clock)
+    except CONNECTION_LOST as error:
+        raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None
+
+
+def _open_storage(
+    database: Database, batch_size: int, cache_size: int | None, clock: Callable[[], datetime]
+) -> Storage:
     canonical.install()
     check_reachable(database)
     env = dict(database.eventsourcing_env)
@@ -401,8 +472,9 @@ def open_storage(
             )
         except Exception as error:
             raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None
-        engine = make_engine(database)
-        reader = make_engine(database, reads_only=True)
+        liveness = Liveness()
+        engine = make_engine(database, liveness=liveness)
+        reader = make_engine(database, reads_only=True, liveness=liveness)
         runner = ProjectionRunner(
             engine,
             notification_reader(ledger),
@@ -413,9 +485,15 @@ def open_storage(
             rebuild_batch_size=max(batch_size, 20_000),
             reader=reader,
         )
-        runner.create_tables()
-        admin_metadata.create_all(engine)
-    return Storage(database, ledger, engine, runner, reader, service_secret(engine, "continuation"))
+        storage = Storage(database, ledger, engine, runner, reader)
+        try:
+            runner.create_tables()
+            admin_metadata.create_all(engine)
+            storage.token_secret = service_secret(engine, "continuation")
+        except BaseException:
+            storage.close()  # a caller that tries again does not keep these connections
+            raise
+    return storage
 
 
 def open_configured(settings: Settings) -> Storage:

@@ -61,7 +61,10 @@ def test_workspace_create_plain_says_the_key_is_shown_once(
 
 
 def test_projections_status_and_rebuild(
-    monkeypatch: pytest.MonkeyPatch, storage: Storage, database_url: str
+    monkeypatch: pytest.MonkeyPatch,
+    storage: Storage,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     storage.ledger.record([report("Delivery", message_id=f"m-{i}") for i in range(12)])
     status, out = run(monkeypatch, database_url, "projections", "status")
@@ -70,8 +73,12 @@ def test_projections_status_and_rebuild(
     assert rows["emails"] == rows["events"] == rows["suppressions"] == ["0", "12", "12"]
     status, out = run(monkeypatch, database_url, "projections", "rebuild", "suppressions")
     assert (status, out) == (0, "suppressions: rebuilt from 12 events\n")
+    capsys.readouterr()
     status, out = run(monkeypatch, database_url, "projections", "rebuild", "emails")
     assert (status, out) == (0, "emails: rebuilt from 12 events\n")
+    bar = capsys.readouterr().err  # the progress bar, on stderr
+    assert "100%" in bar
+    assert "12/12" in bar
     status, out = run(monkeypatch, database_url, "projections", "run", "--once")
     assert (status, out) == (0, "applied 12 events\n")
     status, out = run(monkeypatch, database_url, "projections", "status")
@@ -125,7 +132,11 @@ def test_bad_settings_give_one_line_and_exit_2(url: str, says: str, tmp_path: Pa
 
 
 def test_import_prints_a_summary_with_line_numbers_and_is_idempotent(
-    monkeypatch: pytest.MonkeyPatch, storage: Storage, database_url: str, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    storage: Storage,
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from adapters import admin_store
     from adapters.workspaces import create_workspace
@@ -146,9 +157,13 @@ def test_import_prints_a_summary_with_line_numbers_and_is_idempotent(
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
     argv = ["import", str(path), "--format", "generic-jsonl", "--endpoint", endpoint.id]
+    capsys.readouterr()
     status, out = run(monkeypatch, database_url, *argv)
     assert status == 0
     assert out.splitlines()[0].startswith("3 items: 2 events recorded, 0 already held")
+    bar = capsys.readouterr().err  # the progress bar, on stderr
+    assert "import events.jsonl" in bar
+    assert "3/3" in bar
     assert "line 2:" in out
     status, out = run(monkeypatch, database_url, *argv[:2], "--endpoint", endpoint.id)
     assert out.startswith("3 items: 0 events recorded, 2 already held")
@@ -248,3 +263,19 @@ def test_serve_options_reach_the_server(monkeypatch: pytest.MonkeyPatch, postgre
     argv = ["serve", "--port", "9", "--workers", "3", "--no-access-log"]
     assert cli.run(argv, serve=lambda _s, _st, options: seen.append(options)) == 0
     assert seen == [cli.ServeOptions("127.0.0.1", 9, workers=3, access_log=False)]
+
+
+def test_serve_by_default_listens_on_8025_over_sqlite_in_var(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The first run needs no server and no setting (SPEC 2 and 6, the README's first line).
+    monkeypatch.delenv("MAILLEDGER_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    seen: list[tuple[str, cli.ServeOptions]] = []
+    status = cli.run(
+        ["serve"],
+        serve=lambda settings, _st, options: seen.append((settings.database_url, options)),
+    )
+    assert status == 0
+    assert seen == [("sqlite:///var/mailledger.db", cli.ServeOptions("127.0.0.1", 8025))]
+    assert (tmp_path / "var" / "mailledger.db").is_file()

@@ -12,37 +12,21 @@ import httpx2 as httpx
 
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
-from adapters.workspaces import create_workspace
 from bench.served import free_port, start
+from tests.api.live import deliveries, generic_hook, workspace_on
 from tests.unit.providers import signing
 
 ROOT = Path(__file__).parents[2]
 
 
 def test_killed_mid_batch_then_retried_records_every_event_once(database_url: str) -> None:
-    store = open_storage(parse_database_url(database_url))
-    made = create_workspace(store.engine, "crash")
-    store.close()
+    workspace_id, auth = workspace_on(database_url, "crash")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    auth = {"Authorization": f"Bearer {made.api_key}"}
     server = start(database_url, port)
     try:
-        url = httpx.post(
-            f"{base}/v1/{made.workspace_id}/email/inbound",
-            json={"provider": "generic", "secret": signing.GENERIC_SECRET},
-            headers=auth,
-        ).json()["url"]
-        events = [
-            {
-                "event_type": "Delivery",
-                "message_id": f"crash-{n}",
-                "to_address": "rcpt@example.com",
-                "event_at": "2025-03-14T19:04:02Z",
-                "event_id": f"evt-{n}",
-            }
-            for n in range(20_000)
-        ]
+        url = generic_hook(base, workspace_id, auth)
+        events = deliveries("crash", range(20_000))
         body = json.dumps(events).encode()
         answers: list[int] = []
 
