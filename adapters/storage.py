@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import secrets
 import sqlite3
 import time
@@ -435,6 +436,15 @@ def _load_heads_sqlite(
     return found
 
 
+# The garbage collector's thresholds in a process that opens the store. Its full passes
+# walk every object the process holds, the aggregate cache's included: about 70 ms
+# each with 20,000 cached emails, and with the default thresholds (700, 10, 10) they
+# took about a seventh of an import's time and held every request of a serving process
+# meanwhile. Nearly everything is freed by reference counting the moment it is no
+# longer used; only cycles that outlive the younger generations wait for a full pass,
+# which now comes after 100 times as many younger passes.
+GC_THRESHOLDS = (700, 10, 1000)
+
 # What the drivers raise when the database stops answering (restarted, network cut).
 CONNECTION_LOST = (psycopg.OperationalError, sqlalchemy_exc.OperationalError, OperationalError)
 
@@ -447,7 +457,9 @@ def open_storage(
     clock: Callable[[], datetime] = utc_now,
 ) -> Storage:
     """Open (and on first start, create) everything the service stores; a database
-    that cannot be reached, or stops answering meanwhile, is StorageUnavailableError."""
+    that cannot be reached, or stops answering meanwhile, is StorageUnavailableError.
+    Sets the process's garbage collector thresholds (`GC_THRESHOLDS`)."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         return _open_storage(database, batch_size, cache_size, clock)
     except CONNECTION_LOST as error:
