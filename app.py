@@ -22,15 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from adapters import cli
 from adapters.http.admin import admin_operations
 from adapters.http.api import Operation
 from adapters.http.emails import email_operations
-from adapters.http.errors import error_response, exception_handlers
-from adapters.http.health import healthz
+from adapters.http.errors import exception_handlers
+from adapters.http.health import WhileClosed, healthz
 from adapters.http.history import history_operations
 from adapters.http.hooks import (
     Hooks,
@@ -168,30 +167,6 @@ class Running:
             self.follower.join(timeout=30)
         if close:
             self.store.close()
-
-
-# Paths served without the store.
-_STORELESS = ("/openapi.json", "/docs")
-
-
-class WhileClosed:
-    """Answers 503 (the JSON error) to every request that needs the store while it is
-    not open: a worker of `serve --workers N` started while the database was away
-    serves these until its store opens in the background."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["app"].state.storage is None
-            and not scope["path"].startswith(_STORELESS)
-        ):
-            response = error_response(503, "the database is unavailable; retry later")
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def operations() -> list[Operation]:
