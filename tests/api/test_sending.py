@@ -416,6 +416,27 @@ def test_the_same_key_for_a_different_request_is_422(acme: Sending, change: dict
     assert "Idempotency-Key" in response.json()["error"]["message"]
 
 
+def test_a_retry_is_compared_by_its_parsed_values_not_its_bytes(acme: Sending) -> None:
+    # Another field order, another boundary, the address as a client may write it: the
+    # same request (SPEC 3).
+    files = [("attachments", ("a.txt", b"same bytes", "text/plain"))]
+    first = acme.send(files=files, headers={"Idempotency-Key": "parsed-1"})
+    parts: list[Any] = [
+        ("body_html", (None, "<p>Thanks!</p>")),
+        *files,
+        ("subject", (None, "Your receipt")),
+        ("to_address", (None, "  Success@Simulator.TEST ")),
+        ("use_case_id", (None, acme.use_case_id)),
+    ]
+    again = acme.client.post(
+        acme.url("/send"),
+        files=parts,
+        headers={**acme.tenant.headers(), "Idempotency-Key": "parsed-1"},
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+
+
 def test_a_retry_after_send_at_has_passed_answers_the_first_response(acme: Sending) -> None:
     # The retry of a scheduled send whose time has come since is the same request: it
     # gets the first answer, not "send_at: must be in the future".
