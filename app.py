@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import multiprocessing
@@ -72,6 +71,7 @@ def create_app(
         app.state.storage = None
         running: list[Running] = []
         opener: asyncio.Task[None] | None = None
+        closing = threading.Event()
         if storage is not None:
             running.append(start(app, storage))
         else:
@@ -79,16 +79,20 @@ def create_app(
                 running.append(start(app, await run_in_threadpool(open_configured, settings)))
             except StorageUnavailableError as error:
                 log.warning("the database is away, answering 503 until it is back: %s", error)
-                opener = asyncio.create_task(
-                    _open_when_back(settings, lambda s: running.append(start(app, s)))
-                )
+
+                async def open_when_back() -> None:
+                    store = await run_in_threadpool(_open_when_back, settings, closing, 1.0)
+                    if store is not None:
+                        running.append(start(app, store))
+                        log.info("the database is back: serving")
+
+                opener = asyncio.create_task(open_when_back())
         try:
             yield
         finally:
+            closing.set()
             if opener is not None:
-                opener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await opener
+                await opener
             for started in running:
                 await started.stop(close=storage is None)
 
@@ -100,18 +104,16 @@ def create_app(
     )
 
 
-async def _open_when_back(settings: Settings, opened: Callable[[Storage], object]) -> None:
-    """Try to open the store every second until it opens; then hand it to `opened`."""
-    while True:
-        await asyncio.sleep(1.0)
+def _open_when_back(settings: Settings, stop: Stop, interval: float) -> Storage | None:
+    """After an attempt to open the store failed: try again every `interval` seconds
+    until it opens (None if `stop` is set first). The projection process of `serve
+    --workers N` and a worker that started during an outage both wait this way."""
+    while not stop.wait(interval):
         try:
-            store = await run_in_threadpool(open_configured, settings)
+            return open_configured(settings)
         except StorageUnavailableError as error:
             log.warning("still waiting for the database: %s", error)
-            continue
-        opened(store)
-        log.info("the database is back: serving")
-        return
+    return None
 
 
 @dataclass
@@ -227,14 +229,14 @@ def _follow(settings: Settings, stop: Stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
     os.nice(FOLLOWER_NICENESS)
     cli.configure_logging()
-    while True:  # the database may be away when the service starts; wait for it
-        try:
-            storage = open_configured(settings)
-            break
-        except StorageUnavailableError as error:
-            log.warning("projections waiting for the database: %s", error)
-            if stop.wait(max(settings.projection_interval, 1.0)):
-                return
+    try:
+        storage = open_configured(settings)
+    except StorageUnavailableError as error:  # away when the service starts: wait for it
+        log.warning("projections waiting for the database: %s", error)
+        waited = _open_when_back(settings, stop, max(settings.projection_interval, 1.0))
+        if waited is None:
+            return
+        storage = waited
     try:
         storage.runner.run(stop, settings.projection_interval)
     finally:

@@ -146,13 +146,6 @@ def check_send_window(send_at: str, now: datetime) -> None:
         raise InvalidSendError("send_at: must be at most 72 hours ahead")
 
 
-def check_send_at(value: str, now: datetime) -> str:
-    """A time in the future, at most 72 hours ahead, in canonical form."""
-    send_at = parse_send_at(value)
-    check_send_window(send_at, now)
-    return send_at
-
-
 def content_type_of(declared: str | None, filename: str) -> str:
     """The attachment's media type: as declared when well-formed, else by its name."""
     media = (declared or "").split(";")[0].strip().lower()

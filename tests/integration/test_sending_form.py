@@ -27,9 +27,10 @@ from adapters.sending.message import (
     build_message,
     check_address,
     check_filename,
-    check_send_at,
+    check_send_window,
     check_size,
     check_subject,
+    parse_send_at,
 )
 from domain.reports import format_time, utc_now
 
@@ -194,10 +195,11 @@ def test_bad_subjects_are_refused(subject: str) -> None:
 def test_send_at_must_be_ahead_but_not_too_far() -> None:
     now = utc_now()
     ahead = format_time(now + timedelta(hours=72))
-    assert check_send_at(ahead.replace("Z", "+00:00"), now) == ahead
+    assert parse_send_at(ahead.replace("Z", "+00:00")) == ahead
+    check_send_window(ahead, now)
     for wrong in (format_time(now), format_time(now + timedelta(hours=72, seconds=1))):
         with pytest.raises(InvalidSendError):
-            check_send_at(wrong, now)
+            check_send_window(parse_send_at(wrong), now)
 
 
 def test_the_download_names_the_file_for_every_client() -> None:
