@@ -10,7 +10,17 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, ColumnElement, Connection, RowMapping, Select, String, Table, any_
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    RowMapping,
+    Select,
+    String,
+    Table,
+    func,
+    select,
+)
 from sqlalchemy import literal as literal_value
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -22,10 +32,16 @@ def select_among(
     conn: Connection, query: Select[Any], column: ColumnElement[str], values: Sequence[str]
 ) -> list[RowMapping]:
     """The rows of `query` whose text `column` is one of `values`: one array parameter
-    on PostgreSQL (however many values: one statement, planned for its array), chunks
-    of bound parameters on SQLite."""
+    on PostgreSQL (however many values: one statement), chunks of bound parameters on
+    SQLite.
+
+    On PostgreSQL the array is a subquery (`column IN (SELECT unnest(...))`), not
+    `column = ANY(...)`: the planner costs the latter as one index search per element
+    and, for a batch of a thousand ids, scanned a whole table of up to about a hundred
+    thousand rows instead (13 ms where the index took 3, at 60,000 emails)."""
     if conn.dialect.name == "postgresql":
-        among = column == any_(literal_value(list(values), ARRAY(String)))
+        array = literal_value(list(values), ARRAY(String))
+        among = column.in_(select(func.unnest(array)).scalar_subquery())
         return list(conn.execute(query.where(among)).mappings())
     rows: list[RowMapping] = []
     for start in range(0, len(values), SQLITE_CHUNK):
