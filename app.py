@@ -39,6 +39,7 @@ from adapters.http.hooks import (
 from adapters.http.openapi import docs_init, docs_page, openapi_document, openapi_endpoint
 from adapters.http.sending import sending_operations
 from adapters.http.stats import stats_operations
+from adapters.http.workers import listening_sockets, run_workers
 from adapters.ingest import GroupCommitter
 from adapters.providers.base import CertificateSource
 from adapters.providers.sns_certs import SnsCertificates
@@ -261,11 +262,6 @@ def _follower_process(settings: Settings) -> Iterator[None]:
 
 def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> None:
     where = f"http://{options.host}:{options.port}"
-    processes = f", {options.workers} workers" if options.workers > 1 else ""
-    print(
-        f"mailledger listening on {where} (database {settings.database.describe()}{processes})",
-        flush=True,
-    )
     common: dict[str, Any] = {
         "host": options.host,
         "port": options.port,
@@ -273,13 +269,31 @@ def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> N
         "access_log": options.access_log,
     }
     if options.workers == 1:
+        _say_listening(where, settings, "")
         app = create_app(settings, storage)
         _freeze_startup_heap()
         uvicorn.run(app, **common)
-    else:
+        return
+    try:
+        sockets = listening_sockets(options.host, options.port, options.workers)
+    except OSError as error:
+        log.error("cannot listen on %s: %s", where, error.strerror)
+        raise SystemExit(1) from None
+    try:
+        _say_listening(where, settings, f", {options.workers} workers")
         # The tables exist by now (`storage` made them), so the workers only open them.
         with _follower_process(settings):
-            uvicorn.run("app:worker_app", factory=True, workers=options.workers, **common)
+            status = run_workers("app:worker_app", sockets, common)
+    finally:
+        for sock in sockets:
+            sock.close()
+    if status:
+        raise SystemExit(status)
+
+
+def _say_listening(where: str, settings: Settings, processes: str) -> None:
+    database = settings.database.describe()
+    print(f"mailledger listening on {where} (database {database}{processes})", flush=True)
 
 
 def main() -> None:

@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 
 from adapters.settings import parse_database_url
 from adapters.storage import open_storage
 from adapters.workspaces import create_workspace
+from bench.served import free_port, start
 from tests.unit.providers import signing
 
 
@@ -46,3 +53,29 @@ def deliveries(prefix: str, numbers: range) -> list[dict[str, Any]]:
         }
         for n in numbers
     ]
+
+
+@contextmanager
+def two_workers(url: str, folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`serve --workers 2` over the database at `url` once both workers have started:
+    the service's process and port. What it printed is shown when the block fails."""
+    port = free_port()
+    log_path = folder / "serve.log"
+    with log_path.open("wb") as log:
+        process = start(url, port, ["--workers", "2", "--no-access-log"], log=log)
+    try:
+        # /healthz answered from one process; both have started once each said so.
+        for _ in range(300):
+            if log_path.read_text(errors="replace").count("Application startup complete") >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the two workers never both finished starting")
+        yield process, port
+    except BaseException:
+        # What the service printed (a worker that died, and why) is in the report.
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

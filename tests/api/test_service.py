@@ -20,9 +20,10 @@ import app
 from adapters.settings import Settings, parse_database_url
 from adapters.storage import Storage, make_engine, open_storage
 from app import create_app
-from bench.served import free_port, start
+from bench.served import free_port
 from domain.reports import email_id_for
 from tests.api.apiclient import Tenant, make_tenant
+from tests.api.live import two_workers
 from tests.unit.providers import signing
 
 
@@ -104,26 +105,8 @@ def test_two_workers_on_postgresql_answer_and_record_a_webhook_once(
     store = open_storage(parse_database_url(postgres_url))
     tenant = make_tenant(store)
     store.close()
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = start(postgres_url, port, ["--workers", "2", "--no-access-log"], log=log)
-    try:
-        # /healthz answered from one process; both have started once each said so.
-        for _ in range(300):
-            if log_path.read_text(errors="replace").count("Application startup complete") >= 2:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the two workers never both finished starting")
+    with two_workers(postgres_url, tmp_path) as (_, port):
         _answer_and_record_once(tenant, f"http://127.0.0.1:{port}")
-    except BaseException:
-        # What the service printed (a worker that died, and why) is in the report.
-        print(log_path.read_text(errors="replace")[-5000:])
-        raise
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _answer_and_record_once(tenant: Tenant, base: str) -> None:
