@@ -85,7 +85,7 @@ def _serve_one(app: str, sock: socket.socket, options: Mapping[str, Any]) -> Non
 
 
 def run_workers(app: str, sockets: list[socket.socket], options: Mapping[str, Any]) -> int:
-    """Serve the app in a process per socket until SIGINT or SIGTERM; a worker that
+    """Serve the app in a process per socket until SIGINT, SIGTERM or SIGHUP; a worker that
     dies is replaced on its socket. The exit status: 0, or 1 when a worker could not
     start (the next one would fail the same way)."""
     context = multiprocessing.get_context("spawn")
@@ -120,7 +120,9 @@ def run_workers(app: str, sockets: list[socket.socket], options: Mapping[str, An
     return status
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too (a closed terminal): by default it would end this process alone and leave
+# the workers serving with no supervisor.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _stop(workers: list[SpawnProcess]) -> None:

@@ -181,12 +181,13 @@ def test_a_worker_that_dies_is_replaced(served: tuple[subprocess.Popen[bytes], i
     assert process.poll() is None
 
 
-def test_the_supervisor_stops_its_workers(postgres_url: str) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_the_supervisor_stops_its_workers(postgres_url: str, stop: signal.Signals) -> None:
     port = free_port()
     process = start(postgres_url, port, ["--workers", "2", "--no-access-log"])
     children = _children(process.pid)
     assert len(children) >= 3  # two workers and the projection process
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     assert process.wait(timeout=60) == 0
     time.sleep(0.5)
     assert [pid for pid in children if _running(pid)] == []
