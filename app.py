@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -244,20 +245,60 @@ def _follow(settings: Settings, stop: Stop) -> None:
         storage.close()
 
 
+class _Follower:
+    """The projection process of `serve --workers N`, started again when it dies (the
+    read models would otherwise stand still until the service restarts)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._context = multiprocessing.get_context("spawn")
+        self._stopping = False
+        self._start()
+
+    def _start(self) -> None:
+        # An event of its own: one that a killed process was holding the lock of (in
+        # `is_set` or `wait`) would block whoever sets it next.
+        self._stop = self._context.Event()
+        self._process = self._context.Process(
+            target=_follow, args=(self._settings, self._stop), name="projections"
+        )
+        self._process.start()
+        self._started = time.monotonic()
+
+    def keep_alive(self) -> None:
+        """Start another projection process if this one died (at most one start in
+        RESTART_WAIT_S seconds, so one that cannot run does not take the CPU)."""
+        ended = self._process.exitcode
+        if ended is None or self._stopping:
+            return
+        if time.monotonic() - self._started < RESTART_WAIT_S:
+            return
+        log.warning("the projection process ended (exit code %s); starting another", ended)
+        self._start()
+
+    def stop(self) -> None:
+        """Stop it after its current step (a step is one transaction)."""
+        self._stopping = True
+        if self._process.exitcode is not None:
+            return  # died: its event may be locked for good, and there is nothing to stop
+        self._stop.set()
+        self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._process.terminate()  # an unfinished step rolls back
+            self._process.join()
+
+
+# The least time between two starts of the projection process.
+RESTART_WAIT_S = 5.0
+
+
 @contextmanager
-def _follower_process(settings: Settings) -> Iterator[None]:
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    follower = context.Process(target=_follow, args=(settings, stop), name="projections")
-    follower.start()
+def _follower_process(settings: Settings) -> Iterator[_Follower]:
+    follower = _Follower(settings)
     try:
-        yield
+        yield follower
     finally:
-        stop.set()  # it ends after its current step (a step is one transaction)
-        follower.join(timeout=60)
-        if follower.is_alive():
-            follower.terminate()  # an unfinished step rolls back
-            follower.join()
+        follower.stop()
 
 
 def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> None:
@@ -282,8 +323,8 @@ def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> N
     try:
         _say_listening(where, settings, f", {options.workers} workers")
         # The tables exist by now (`storage` made them), so the workers only open them.
-        with _follower_process(settings):
-            status = run_workers("app:worker_app", sockets, common)
+        with _follower_process(settings) as follower:
+            status = run_workers("app:worker_app", sockets, common, tick=follower.keep_alive)
     finally:
         for sock in sockets:
             sock.close()

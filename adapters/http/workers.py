@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -84,10 +84,17 @@ def _serve_one(app: str, sock: socket.socket, options: Mapping[str, Any]) -> Non
         sys.exit(STARTUP_FAILURE)
 
 
-def run_workers(app: str, sockets: list[socket.socket], options: Mapping[str, Any]) -> int:
-    """Serve the app in a process per socket until SIGINT, SIGTERM or SIGHUP; a worker that
-    dies is replaced on its socket. The exit status: 0, or 1 when a worker could not
-    start (the next one would fail the same way)."""
+def run_workers(
+    app: str,
+    sockets: list[socket.socket],
+    options: Mapping[str, Any],
+    *,
+    tick: Callable[[], object] | None = None,
+) -> int:
+    """Serve the app in a process per socket until SIGINT, SIGTERM or SIGHUP; a worker
+    that dies is replaced on its socket, and `tick` is called twice a second (to look
+    after other processes). The exit status: 0, or 1 when a worker could not start
+    (the next one would fail the same way)."""
     context = multiprocessing.get_context("spawn")
 
     def spawn(sock: socket.socket) -> SpawnProcess:
@@ -101,6 +108,8 @@ def run_workers(app: str, sockets: list[socket.socket], options: Mapping[str, An
     status = 0
     try:
         while not stopping.wait(0.5):
+            if tick is not None:
+                tick()
             for n, worker in enumerate(workers):
                 if worker.exitcode is None:
                     continue

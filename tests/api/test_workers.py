@@ -11,14 +11,18 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2 as httpx
+import orjson
 import pytest
 
 from adapters.http.workers import AddressInUseError, listening_sockets, run_workers
 from bench.served import free_port, start
-from tests.api.live import two_workers
+from domain.reports import email_id_for
+from tests.api.live import deliveries, generic_hook, two_workers, workspace_on
+from tests.unit.providers import signing
 
 
 def test_sockets_share_one_port_and_each_takes_connections() -> None:
@@ -179,6 +183,33 @@ def test_a_worker_that_dies_is_replaced(served: tuple[subprocess.Popen[bytes], i
     workers = _workers_of(process)
     assert victim not in workers
     assert process.poll() is None
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_projection_process_that_dies_is_replaced(postgres_url: str, tmp_path: Path) -> None:
+    workspace_id, auth = workspace_on(postgres_url, "followers")
+    with two_workers(postgres_url, tmp_path) as (process, port):
+        base = f"http://127.0.0.1:{port}"
+        # The projection process is the supervisor's child of lower CPU priority.
+        (follower,) = [pid for pid in _children(process.pid) if _niceness(pid) > 0]
+        os.kill(follower, signal.SIGKILL)
+        hook = generic_hook(base, workspace_id, auth)
+        body = orjson.dumps(deliveries("followed", range(1)))
+        headers = signing.generic_headers(body, "msg-followed", datetime.now(UTC))
+        assert httpx.post(base + hook, content=body, headers=headers).json()["recorded"] == 1
+        email_id = email_id_for(workspace_id, "followed-0", "rcpt@example.com")
+        for _ in range(300):  # shown once another projection process has followed the log
+            shown = httpx.get(f"{base}/v1/{workspace_id}/email/{email_id}", headers=auth)
+            if shown.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["state"] == "delivered"
+        (replaced,) = [pid for pid in _children(process.pid) if _niceness(pid) > 0]
+        assert replaced != follower
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
