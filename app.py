@@ -11,8 +11,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,6 @@ class _Follower:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._context = multiprocessing.get_context("spawn")
-        self._stopping = False
         self._start()
 
     def _start(self) -> None:
@@ -269,7 +268,7 @@ class _Follower:
         """Start another projection process if this one died (at most one start in
         RESTART_WAIT_S seconds, so one that cannot run does not take the CPU)."""
         ended = self._process.exitcode
-        if ended is None or self._stopping:
+        if ended is None:
             return
         if time.monotonic() - self._started < RESTART_WAIT_S:
             return
@@ -278,7 +277,6 @@ class _Follower:
 
     def stop(self) -> None:
         """Stop it after its current step (a step is one transaction)."""
-        self._stopping = True
         if self._process.exitcode is not None:
             return  # died: its event may be locked for good, and there is nothing to stop
         self._stop.set()
@@ -290,15 +288,6 @@ class _Follower:
 
 # The least time between two starts of the projection process.
 RESTART_WAIT_S = 5.0
-
-
-@contextmanager
-def _follower_process(settings: Settings) -> Iterator[_Follower]:
-    follower = _Follower(settings)
-    try:
-        yield follower
-    finally:
-        follower.stop()
 
 
 def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> None:
@@ -323,8 +312,11 @@ def _serve(settings: Settings, storage: Storage, options: cli.ServeOptions) -> N
     try:
         _say_listening(where, settings, f", {options.workers} workers")
         # The tables exist by now (`storage` made them), so the workers only open them.
-        with _follower_process(settings) as follower:
+        follower = _Follower(settings)
+        try:
             status = run_workers("app:worker_app", sockets, common, tick=follower.keep_alive)
+        finally:
+            follower.stop()
     finally:
         for sock in sockets:
             sock.close()
