@@ -42,6 +42,7 @@ from adapters.sending.suppression import is_suppressed
 from adapters.sending.worker import SendWorker
 from adapters.storage import Storage
 from adapters.workspaces import create_workspace
+from bench.served import free_port
 from tests.integration.test_sending_worker import Clock
 
 USER, PASSWORD = "relay-user", "relay-p@ss:word"
@@ -78,12 +79,6 @@ def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data
         PASSWORD.encode(),
     )
     return AuthResult(success=ok)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
