@@ -130,6 +130,19 @@ def chain_content(
     return content
 
 
+def new_chain_content(
+    cls: type[EmailEvent], values: Mapping[str, Any], originator_id: str
+) -> dict[str, Any]:
+    """`chain_content` of an event being made from `values` (its every field but
+    `hash`, as `EmailEvent.from_values` then requires): the same dict, made by copying
+    the values whole instead of field by field, at a fraction of the cost."""
+    content = dict(values)
+    del content["timestamp"]
+    content["originator_id"] = originator_id
+    content["event_type"] = str(cls.event_type)
+    return content
+
+
 def link_error(
     cls: type[EmailEvent], values: Mapping[str, Any], originator_id: str, prev: str
 ) -> tuple[str, str] | None:
