@@ -57,16 +57,21 @@ def create_app(
     storage: Storage | None = None,
     *,
     run_projections: bool = True,
+    projections_elsewhere: bool = False,
     certificates: CertificateSource | None = None,
     confirm_subscription: Callable[[str], None] = confirm_over_https,
 ) -> Starlette:
     """The HTTP service. Opens `storage` at start-up unless one is given; if the
     database is away then, the service answers 503 (`WhileClosed`) and opens it in the
-    background as soon as it answers."""
+    background as soon as it answers. The projections follow the log in a thread of
+    its own (`run_projections`), in another process (`projections_elsewhere`: the
+    serving processes of `serve --workers N`), or not at all (tests)."""
 
     def start(app: Starlette, store: Storage) -> Running:
+        background = run_projections or projections_elsewhere
         return Running.start(app, store, settings, certificates, confirm_subscription,
-                             run_projections=run_projections)  # fmt: skip
+                             run_projections=run_projections,
+                             projections_in_background=background)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -139,15 +144,18 @@ class Running:
         confirm_subscription: Callable[[str], None],
         *,
         run_projections: bool,
+        projections_in_background: bool,
     ) -> Running:
-        """Start them, and make the store the app's (requests are served from then on)."""
+        """Start them, and make the store the app's (requests are served from then on).
+        With no projections following the log in the background, the send worker keeps
+        the suppression list current itself."""
         committer = GroupCommitter(store)
         app.state.hooks = Hooks(
             committer,
             RememberedCertificates(certificates or SnsCertificates(settings.sns_cert_dir)),
             confirm_subscription,
         )
-        sender = SendWorker(store)
+        sender = SendWorker(store, follow_when_idle=not projections_in_background)
         sender.start()
         app.state.sender = sender
         stop = threading.Event()
@@ -206,7 +214,7 @@ def worker_app() -> Starlette:
     worker; the database keeps them apart (the ledger's version check, the outbox's
     leases). The projections follow the log in a process of their own (`_follow`)."""
     cli.configure_logging()
-    app = create_app(Settings.from_env(), run_projections=False)
+    app = create_app(Settings.from_env(), run_projections=False, projections_elsewhere=True)
     _freeze_startup_heap()
     return app
 

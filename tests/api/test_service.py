@@ -34,6 +34,28 @@ def client(storage: Storage) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.mark.parametrize(
+    ("run_projections", "projections_elsewhere", "worker_follows"),
+    [
+        (True, False, False),  # `serve`: a projection thread keeps the list
+        (False, True, False),  # `serve --workers N`: the projection process does
+        (False, False, True),  # nothing else follows the log
+    ],
+)
+def test_the_send_worker_keeps_the_suppression_list_only_when_nothing_else_does(
+    storage: Storage, run_projections: bool, projections_elsewhere: bool, worker_follows: bool
+) -> None:
+    settings = Settings(database_url="sqlite:///unused.db")
+    served = create_app(
+        settings,
+        storage,
+        run_projections=run_projections,
+        projections_elsewhere=projections_elsewhere,
+    )
+    with TestClient(served):
+        assert served.state.sender.follow_when_idle is worker_follows
+
+
 def test_healthz_answers_ok(client: TestClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200

@@ -246,6 +246,29 @@ def test_the_suppression_projection_rebuilds_to_the_same_list_and_keeps_removals
     assert follower.follow() == 0
 
 
+def test_beside_background_projections_the_worker_follows_the_list_only_to_send(
+    storage: Storage,
+) -> None:
+    # As in each serving process of `serve --workers N`: the projection process keeps
+    # the list, and a pass with nothing to send leaves it alone.
+    use_case = sandbox_use_case(storage)
+    ws, clock = use_case.workspace_id, Clock()
+    worker = SendWorker(storage, clock=clock, follow_when_idle=False)
+    storage.ledger.record([bounce(ws, "gone@example.com", "2025-03-14T10:00:00Z")])
+    assert worker.run_once() == 0
+    assert list_suppressions(storage.engine, Where(ws), None, 50) == []
+
+    sent = Sender(storage, clock=clock).accept(ws, request(use_case, "gone@example.com"))
+    assert worker.run_once() == 1
+    # The send was checked against the list as the log stood when it was worked.
+    assert kinds(storage, str(sent["id"])) == ["Sent", "Reject"]
+    assert storage.ledger.get_history(uuid.UUID(str(sent["id"])))[-1].detail() == {
+        "reason": "suppressed"
+    }
+    listed = list_suppressions(storage.engine, Where(ws), None, 50)
+    assert [row["address"] for row in listed] == ["gone@example.com"]
+
+
 def test_tier_thresholds() -> None:
     assert tier_of(99, 50, 50) == "new"
     assert tier_of(1000, 19, 0) == "good"
