@@ -6,6 +6,7 @@ provider produce reports, and `EmailLedger.record` turns the new ones into event
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -217,6 +218,9 @@ def canonical_json(value: Any, *, plain: bool = False) -> bytes:
     return _encoder(value, plain=plain)
 
 
+# Kept for the emails seen last: an email's events tend to come together (an export's
+# lines, a provider's batch), and each report asks for its email's id.
+@functools.lru_cache(maxsize=4096)
 def email_id_for(workspace_id: str, message_id: str, to_address: str) -> uuid.UUID:
     """The one id of the email sent as `message_id` to `to_address` in a workspace."""
     name = "\x1f".join((workspace_id, message_id, to_address.strip().lower()))
