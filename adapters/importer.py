@@ -155,9 +155,10 @@ class _Importer:
                 summary.unparseable.append((number, str(error)))
                 continue
             summary.ignored += len(parsed.ignored)
-            pending.extend(adopt(self.directory, engine, self.endpoint, parsed.reports))
+            pending.extend(parsed.reports)
         if pending:
-            outcomes = self.storage.ledger.record(link_relay_ids(engine, pending))
+            adopted = adopt(self.directory, engine, self.endpoint, pending)
+            outcomes = self.storage.ledger.record(link_relay_ids(engine, adopted))
             summary.recorded = sum(1 for o in outcomes if o.recorded)
             summary.duplicates = len(outcomes) - summary.recorded
         return summary

@@ -237,7 +237,7 @@ def uuid5_bytes(namespace: bytes, name: bytes) -> bytes:
     return bytes(digest)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Report:
     """One fact a provider (or the sender) reported about one recipient's email."""
 
@@ -256,14 +256,50 @@ class Report:
     setup_id: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "event_type", event_kind(self.event_type))
-        object.__setattr__(self, "to_address", self.to_address.strip().lower())
-        object.__setattr__(self, "event_at", normalize_time(self.event_at))
-        if self.sent_at is not None:
-            object.__setattr__(self, "sent_at", normalize_time(self.sent_at))
-        if not self.message_id or not self.to_address or not self.provider:
+    def __init__(  # noqa: PLR0917 (the fields, in order, as the dataclass would take them)
+        self,
+        workspace_id: str,
+        event_type: EventKind,
+        provider: str,
+        message_id: str,
+        to_address: str,
+        event_at: str,
+        transport_key: str | None = None,
+        email_id: uuid.UUID | None = None,
+        receipt_id: str | None = None,
+        from_address: str | None = None,
+        subject: str | None = None,
+        sent_at: str | None = None,
+        setup_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The fields, normalized and checked. Written out, not made by the dataclass:
+        a frozen dataclass sets each field through `object.__setattr__`, which cost
+        about a microsecond of every report; this fills the object's dict at once.
+        (tests/unit/test_reports.py checks that it takes the fields, in order.)"""
+        kind = event_kind(event_type)
+        to_address = to_address.strip().lower()
+        event_at = normalize_time(event_at)
+        if sent_at is not None:
+            sent_at = normalize_time(sent_at)
+        if not message_id or not to_address or not provider:
             raise InvalidReportError("a report needs a provider, a message_id and a to_address")
+        vars(self).update(
+            workspace_id=workspace_id,
+            event_type=kind,
+            provider=provider,
+            message_id=message_id,
+            to_address=to_address,
+            event_at=event_at,
+            transport_key=transport_key,
+            email_id=email_id,
+            receipt_id=receipt_id,
+            from_address=from_address,
+            subject=subject,
+            sent_at=sent_at,
+            setup_id=setup_id,
+            detail={} if detail is None else detail,
+        )
         self._check_detail()
 
     def _check_detail(self) -> None:

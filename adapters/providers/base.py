@@ -226,7 +226,10 @@ class JsonObject:
 
     def time(self, key: str) -> str:
         """A required RFC 3339 time, normalized."""
-        return rfc3339(self.text(key), self._path(key))
+        try:
+            return normalize_time(self.text(key))
+        except InvalidReportError as error:  # where it was is written only when it is wrong
+            raise PayloadError(f"{self._path(key)}: {error}") from None
 
     def unix_time(self, key: str) -> str:
         """A required unix timestamp (seconds, int, float or numeric text), as RFC 3339 UTC."""

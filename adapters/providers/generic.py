@@ -151,7 +151,7 @@ def _detail(event: JsonObject, event_type: EventType) -> dict[str, Any]:
         for name in GIVEN_FIELDS[event_type]
         if event.data.get(name) is not None
     }
-    for name in TIME_FIELDS & detail.keys():
-        if isinstance(detail[name], str):
+    for name in TIME_FIELDS:
+        if isinstance(detail.get(name), str):
             detail[name] = rfc3339(detail[name], f"{event.where}.{name}")
     return detail

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
-from dataclasses import fields
+from dataclasses import MISSING, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,7 +15,9 @@ from domain.events import EVENT_CLASSES, EmailEvent
 from domain.reports import (
     DETAIL_FIELDS,
     EMAIL_NAMESPACE,
+    EventType,
     InvalidReportError,
+    Report,
     email_id_for,
     format_time,
     normalize_time,
@@ -83,6 +86,23 @@ def test_a_canonical_looking_time_that_is_no_moment_is_refused() -> None:
 def test_a_time_without_zone_is_refused() -> None:
     with pytest.raises(InvalidReportError, match="zone"):
         normalize_time("2025-03-14T19:04:01")
+
+
+def test_a_report_takes_its_fields_in_order_with_their_defaults() -> None:
+    # Report writes its __init__ out (for speed): it must take what the dataclass's
+    # would, so that keyword construction and dataclasses.replace keep working.
+    parameters = list(inspect.signature(Report).parameters.values())
+    assert [p.name for p in parameters] == [f.name for f in fields(Report)]
+    for parameter, declared in zip(parameters, fields(Report), strict=True):
+        has_default = declared.default is not MISSING or declared.default_factory is not MISSING
+        assert (parameter.default is not inspect.Parameter.empty) == has_default
+    made = report("Open", machine_open=True)
+    given = {f.name: getattr(made, f.name) for f in fields(Report)}
+    assert replace(made, subject="Hi") == Report(**{**given, "subject": "Hi"})
+    assert (
+        Report("w", EventType.DELIVERY, "ses", "m", "A@B.example", "2025-03-14T19:04:01Z").detail
+        == {}
+    )
 
 
 def test_semantic_key_ignores_the_transport_key_and_time_format() -> None:
