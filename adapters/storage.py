@@ -290,7 +290,7 @@ def decode_rows(rows: Sequence[LogRow]) -> list[Positioned]:
         values["originator_version"] = version
         values["timestamp"] = datetime.fromisoformat(values["timestamp"])
         event = event_class(topic).from_values(values, check=False)
-        decoded.append(Positioned(position, event))
+        decoded.append(Positioned(position, event, email_id))
     return decoded
 
 

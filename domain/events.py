@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from domain.email import Email
 
 GENESIS_HASH = "0" * 64
+_SENT = EventType.SENT  # looked up once (see domain.email)
 
 
 class EmailEvent(AggregateEvent):
@@ -76,7 +77,7 @@ class EmailEvent(AggregateEvent):
     def carries_origin(self) -> bool:
         """Whether the event says who sent the email (and so can describe it)."""
         return (
-            self.event_type is EventType.SENT
+            self.event_type is _SENT
             or self.from_address is not None
             or self.subject is not None
             or self.sent_at is not None

@@ -244,7 +244,7 @@ class AnalyticsProjection:
     ) -> None:
         grouped: dict[str, list[EmailEvent]] = {}
         for item in batch:
-            grouped.setdefault(str(item.event.originator_id), []).append(item.event)
+            grouped.setdefault(item.email_id, []).append(item.event)
         stored = [] if whole_emails else _existing(conn, list(grouped))
         before = {row["id"]: dict(row) for row in stored}
         changes: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []

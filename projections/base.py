@@ -24,10 +24,13 @@ tracking = Table(
 
 @dataclass(frozen=True)
 class Positioned:
-    """An event and its position in the application's notification log."""
+    """An event and its position in the application's notification log, with its
+    email's id as text (as the log gave it: the projections write it in every row, and
+    writing it from the UUID each time cost about a twentieth of a rebuild)."""
 
     position: int
     event: EmailEvent
+    email_id: str
 
 
 class Projection(Protocol):

@@ -7,6 +7,7 @@ database round trip, not the fold, the cost of a rebuild.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -54,13 +55,20 @@ def _copy(conn: Connection, table: Table, target: str, rows: Sequence[dict[str, 
     # The table's columns the rows name (every row names the same ones); the others
     # take their defaults.
     names = [c.name for c in table.columns if c.name in rows[0]]
-    as_text = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    as_text = [i for i, name in enumerate(names) if isinstance(table.c[name].type, JSON)]
+    # A row's values picked at once (`itemgetter` of several names gives a tuple), and
+    # only its JSON columns written as text: per row and column in Python, this
+    # picking cost about a twelfth of a rebuild.
+    pick = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
     columns = ", ".join(f'"{name}"' for name in names)
     driver = conn.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(f'COPY "{target}" ({columns}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row([_text(row[n]) if n in as_text else row[n] for n in names])
+            values = list(pick(row))
+            for i in as_text:
+                values[i] = _text(values[i])
+            copy.write_row(values)
 
 
 def _text(value: Any) -> str:

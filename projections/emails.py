@@ -101,7 +101,7 @@ class EmailsProjection:
     ) -> None:
         grouped: dict[str, list[Positioned]] = {}
         for item in batch:
-            grouped.setdefault(str(item.event.originator_id), []).append(item)
+            grouped.setdefault(item.email_id, []).append(item)
         stored = [] if whole_emails else existing(conn, list(grouped))
         views = {row["id"]: EmailView.from_row(row) for row in stored}
         stored_ids = set(views)

@@ -70,7 +70,7 @@ class EventsProjection:
             {
                 "id": event_id(item.event.originator_id, item.event.originator_version),
                 "position": item.position,
-                "email_id": str(item.event.originator_id),
+                "email_id": item.email_id,
                 "workspace_id": item.event.workspace_id,
                 "version": item.event.originator_version,
                 "event_type": str(item.event.event_type),

@@ -51,7 +51,7 @@ class ProviderIdsProjection:
                 "workspace_id": item.event.workspace_id,
                 "provider_message_id": relay_id,
                 "to_address": item.event.to_address,
-                "email_id": str(item.event.originator_id),
+                "email_id": item.email_id,
             }
             for item in batch
             if item.event.event_type is SendingEventType.DISPATCHED
