@@ -15,26 +15,21 @@ from eventsourcing.domain import Aggregate
 
 from domain.events import EVENT_CLASSES, GENESIS_HASH, EmailEvent, chain_hash, new_chain_content
 from domain.reports import (
+    BOUNCE,
+    DELIVERY_DELAY,
+    DISPATCHED,
+    FAILED,
+    REJECT,
     RELAY_PROVIDER,
     RELAY_REJECT_PREFIX,
     SENDER_PROVIDER,
+    SENT,
     EventKind,
     EventType,
     Report,
     SendingEventType,
     format_time,
 )
-
-# The kinds this module compares events with, looked up once: on Python 3.11 reading a
-# member off its Enum class costs about 0.1 us, and folding an event did it up to eight
-# times.
-_SENT, _DELAY, _BOUNCE, _REJECT = (
-    EventType.SENT,
-    EventType.DELIVERY_DELAY,
-    EventType.BOUNCE,
-    EventType.REJECT,
-)
-_DISPATCHED, _FAILED = SendingEventType.DISPATCHED, SendingEventType.FAILED
 
 
 def _earliest(current: str | None, candidate: str) -> str:
@@ -50,7 +45,7 @@ def _rank(event: EmailEvent) -> str:
     # send) outranks one a webhook reported, then the earliest event_at, then the
     # semantic key, so the choice never depends on arrival order. ("0~" sorts after
     # "0<digit>", the own Sent's rank, and before "1": stored ranks keep their meaning.)
-    if event.event_type is not _SENT:
+    if event.event_type is not SENT:
         kind = "1"
     else:
         kind = "0" if event.provider == SENDER_PROVIDER else "0~"
@@ -71,15 +66,15 @@ def transport_try(event: EmailEvent) -> dict[str, Any] | None:
     `failed`). Provider webhooks' events are never attempts of mailledger's transport.
     """
     kind, provider = event.event_type, event.provider
-    if kind is _DISPATCHED:
+    if kind is DISPATCHED:
         return _try(event, "dispatched", getattr(event, "smtp_response", None))
-    if kind is _FAILED:
+    if kind is FAILED:
         return _try(event, "failed", getattr(event, "smtp_response", None))
-    if kind is _DELAY and provider == RELAY_PROVIDER:
+    if kind is DELIVERY_DELAY and provider == RELAY_PROVIDER:
         return _try(event, "deferred", None)  # the 4xx reply is not kept on the delay
-    if kind is _BOUNCE and provider == RELAY_PROVIDER:
+    if kind is BOUNCE and provider == RELAY_PROVIDER:
         return _try(event, "bounced", _relay_reply(getattr(event, "diagnostic_code", None)))
-    if kind is _REJECT and provider == SENDER_PROVIDER:
+    if kind is REJECT and provider == SENDER_PROVIDER:
         reason = getattr(event, "reason", None)
         if str(reason or "").startswith(RELAY_REJECT_PREFIX):
             return _try(event, "rejected", _relay_reply(reason))
@@ -223,7 +218,7 @@ class EmailView:
             self.origin_rank = rank
             self.from_address, self.subject = event.from_address, event.subject
             self.setup_id = event.setup_id
-            is_sent = event.event_type is _SENT
+            is_sent = event.event_type is SENT
             self.origin_sent_at = event.event_at if is_sent else event.sent_at
             detail = event.detail() if is_sent else {}
             self.use_case_id = detail.get("use_case_id")

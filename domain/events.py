@@ -15,13 +15,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from eventsourcing.domain import AggregateEvent
 
-from domain.reports import DETAIL_FIELDS, EventKind, EventType, SendingEventType, canonical_json
+from domain.reports import (
+    DETAIL_FIELDS,
+    SENT,
+    EventKind,
+    EventType,
+    SendingEventType,
+    canonical_json,
+)
 
 if TYPE_CHECKING:
     from domain.email import Email
 
 GENESIS_HASH = "0" * 64
-_SENT = EventType.SENT  # looked up once (see domain.email)
 
 
 class EmailEvent(AggregateEvent):
@@ -77,7 +83,7 @@ class EmailEvent(AggregateEvent):
     def carries_origin(self) -> bool:
         """Whether the event says who sent the email (and so can describe it)."""
         return (
-            self.event_type is _SENT
+            self.event_type is SENT
             or self.from_address is not None
             or self.subject is not None
             or self.sent_at is not None
