@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from domain.application import DEFAULT_CACHE_SIZE
+
 DEFAULT_DATABASE_URL = "sqlite:///var/mailledger.db"
 
 
@@ -105,7 +107,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     projection_interval: float = 0.2
     projection_batch_size: int = 1000
-    cache_size: int = 20_000
+    cache_size: int = DEFAULT_CACHE_SIZE
     sns_cert_dir: Path | None = None
     database: Database = field(init=False)
 
@@ -120,7 +122,7 @@ class Settings:
             database_url=env.get("MAILLEDGER_DATABASE_URL") or DEFAULT_DATABASE_URL,
             projection_interval=_number(env, "MAILLEDGER_PROJECTION_INTERVAL", 0.2),
             projection_batch_size=int(_number(env, "MAILLEDGER_PROJECTION_BATCH_SIZE", 1000)),
-            cache_size=int(_number(env, "MAILLEDGER_CACHE_SIZE", 20_000)),
+            cache_size=int(_number(env, "MAILLEDGER_CACHE_SIZE", DEFAULT_CACHE_SIZE)),
             sns_cert_dir=Path(env["MAILLEDGER_SNS_CERT_DIR"])
             if env.get("MAILLEDGER_SNS_CERT_DIR")
             else None,

@@ -28,6 +28,13 @@ from domain.reports import Report, utc_now
 # what the winner already recorded.
 MAX_ATTEMPTS = 20
 
+# Emails a ledger keeps in memory unless told otherwise (MAILLEDGER_CACHE_SIZE). One
+# holds its keys and last hash: about 1 KB for an email of one event, 2 KB for one of
+# five. An email that is not cached costs a read of its stored events when a report
+# for it comes; events of one email come over hours and days (delivery, then opens),
+# so the cache is sized for many emails, and fills only as far as they come.
+DEFAULT_CACHE_SIZE = 100_000
+
 # One stored event of an email: (email id, version, its decoded state).
 Head = tuple[UUID, int, Mapping[str, Any]]
 # Reads the stored events of many emails in one query, in (email, version) order.
@@ -65,7 +72,7 @@ class EmailLedger(Application[UUID]):
 
     name = "mailledger"
     env: ClassVar[dict[str, str]] = {
-        "AGGREGATE_CACHE_MAXSIZE": "20000",
+        "AGGREGATE_CACHE_MAXSIZE": str(DEFAULT_CACHE_SIZE),
         # A stale cached email is caught by the version check on save, and reloaded:
         # no query per cached email on the hot path.
         "AGGREGATE_CACHE_FASTFORWARD": "n",

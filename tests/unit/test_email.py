@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -96,6 +97,23 @@ def test_replaying_the_log_rebuilds_the_same_email(items: list[Report]) -> None:
             email.version,
             email.workspace_id,
         )
+
+
+@settings(max_examples=25, deadline=None)
+@given(items=st.lists(reports(emails=1), min_size=1, max_size=10))
+def test_a_cached_email_keys_stay_out_of_the_garbage_collectors_passes(
+    items: list[Report],
+) -> None:
+    # A serving process caches up to 100,000 emails; every full pass of the collector
+    # walks what it tracks, and a set of keys per email tripled that walk.
+    for email, log in record_all(items).values():
+        loaded = Email.from_heads(
+            email.id, RECEIVED, [(e.originator_version, e.__dict__) for e in log]
+        )
+        for held in (email, loaded, project_aggregate(None, log)):
+            assert isinstance(held, Email)
+            assert held.keys
+            assert not gc.is_tracked(held.keys)
 
 
 def test_an_event_is_built_only_from_exactly_its_fields() -> None:
