@@ -7,11 +7,12 @@ import gc
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, partial
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -43,7 +44,7 @@ from domain.reports import utc_now
 from projections import default_projections
 from projections.base import Positioned
 from projections.bulk import SQLITE_CHUNK
-from projections.runner import EmailOrderReader, EmailPlace, ProjectionRunner
+from projections.runner import EmailOrderReader, ProjectionRunner
 
 
 class StorageUnavailableError(RuntimeError):
@@ -336,43 +337,86 @@ def _log_rows(
         return cursor.fetchall()
 
 
-def email_order_reader(ledger: EmailLedger) -> EmailOrderReader:
-    """Read the stored events at or before a position email by email (each email's in
-    version order), after a place in that order, decoded, for rebuilds."""
+# A rebuild reads the log a range of email ids at a time, each range about this many
+# batches of events (see `whole_emails`).
+BATCHES_PER_RANGE = 10
 
-    def read_by_email(
-        head: int, after: EmailPlace | None, limit: int
-    ) -> tuple[list[Positioned], EmailPlace | None]:
-        rows = _read_by_email(ledger.recorder, head, after, limit)
-        if not rows:
-            return [], after
-        return decode_rows(rows), (rows[-1][1], rows[-1][2])
+
+def email_order_reader(ledger: EmailLedger) -> EmailOrderReader:
+    """Read the stored events at or before a position in batches of whole emails (every
+    event of each of its emails, in version order), decoded, for rebuilds."""
+
+    def read_by_email(head: int, size: int) -> Iterator[list[Positioned]]:
+        for rows in whole_emails(ledger.recorder, head, size):
+            yield decode_rows(rows)
 
     return read_by_email
 
 
-def _read_by_email(
-    recorder: ApplicationRecorder, head: int, after: EmailPlace | None, limit: int
+def whole_emails(recorder: ApplicationRecorder, head: int, size: int) -> Iterator[list[LogRow]]:
+    """The stored events at or before `head`, in batches of about `size` holding every
+    event of each of their emails, each email's in version order.
+
+    The log is read a range of email ids at a time (about BATCHES_PER_RANGE batches'
+    worth each, so a rebuild holds one range, not the log), every row of a range in one
+    statement, and grouped by email here. Read in email order instead, through the
+    primary key, each row was a visit to another page of the table: at a million
+    events, whose table is several times PostgreSQL's buffers, reading alone took
+    about 18 us of the server's time an event; in ranges, under 2."""
+    ranges = max(1, -(-head // (size * BATCHES_PER_RANGE)))
+    bounds = [i * (1 << 128) // ranges for i in range(ranges)]
+    for low, high in zip(bounds, [*bounds[1:], None], strict=True):
+        batch: list[LogRow] = []
+        for rows in _by_email(_range_rows(recorder, head, low, high)):
+            batch.extend(rows)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def _by_email(rows: Iterable[LogRow]) -> Iterator[list[LogRow]]:
+    # Each email's rows, in version order (rows come in the order the table holds them).
+    emails: dict[str, list[LogRow]] = {}
+    for row in rows:
+        found = emails.get(row[1])
+        if found is None:
+            emails[row[1]] = [row]
+        else:
+            found.append(row)
+    for found in emails.values():
+        if len(found) > 1:
+            found.sort(key=_VERSION)
+        yield found
+
+
+_VERSION = itemgetter(2)
+
+
+def _range_rows(
+    recorder: ApplicationRecorder, head: int, low: int, high: int | None
 ) -> list[LogRow]:
+    # The stored events at or before `head` whose email id (as a 128-bit number) is in
+    # [low, high).
     if isinstance(recorder, PostgresApplicationRecorder):
-        past = "AND (originator_id, originator_version) > (%s::uuid, %s) " if after else ""
+        # Compared as bytes, which no index serves: the server reads the table in order.
+        within = "AND uuid_send(originator_id) < %s" if high is not None else ""
         return _log_rows(
             recorder,
-            f"WHERE notification_id <= %s {past}"
-            "ORDER BY originator_id, originator_version LIMIT %s",
-            (head, *(after or ()), limit),
+            f"WHERE notification_id <= %s AND uuid_send(originator_id) >= %s {within}",
+            (head, low.to_bytes(16), *([] if high is None else [high.to_bytes(16)])),
         )
     if isinstance(recorder, SQLiteApplicationRecorder):
         # The SQLite recorder keeps ids as hex text and positions as rowids.
-        keyset = "AND (originator_id, originator_version) > (?, ?) " if after else ""
+        within = "AND originator_id < ?" if high is not None else ""
         query = (
             "SELECT rowid, originator_id, originator_version, topic, state "
-            f"FROM {recorder.events_table_name} WHERE rowid <= ? {keyset}"
-            "ORDER BY originator_id, originator_version LIMIT ?"
+            f"FROM {recorder.events_table_name} WHERE rowid <= ? AND originator_id >= ? {within}"
         )
-        place = () if after is None else (UUID(after[0]).hex, after[1])
+        params = (head, UUID(int=low).hex, *([] if high is None else [UUID(int=high).hex]))
         with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(query, (head, *place, limit))
+            cursor.execute(query, params)
             return [
                 (row[0], str(UUID(row[1])), row[2], row[3], row[4]) for row in cursor.fetchall()
             ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,13 +23,9 @@ from projections.base import Positioned, Projection, metadata, tracking
 log = logging.getLogger(__name__)
 
 EventReader = Callable[[int, int], Sequence[Positioned]]
-# A place in the log's email order: (email id, version).
-EmailPlace = tuple[str, int]
-# (head, after, limit) -> up to `limit` events at or before position `head`, email by
-# email (each email's in version order) after the place `after`, and the place reached.
-EmailOrderReader = Callable[
-    [int, EmailPlace | None, int], tuple[Sequence[Positioned], EmailPlace | None]
-]
+# (head, size) -> the events at or before position `head`, in batches of about `size`
+# that each hold every event of their emails (each email's in version order).
+EmailOrderReader = Callable[[int, int], Iterable[Sequence[Positioned]]]
 Progress = Callable[[int], object]
 
 
@@ -237,14 +233,15 @@ class ProjectionRunner:
     def rebuild_together(self, names: Sequence[str], progress: Progress | None = None) -> int:
         """Rebuild the named projections from position 0 in one pass over the log.
 
-        The pass reads the log email by email and hands the projections each email's
-        events together, so each email's rows are written once (not once per batch
-        its events fall in). It runs in one transaction that empties the tables (on
-        PostgreSQL, writes new ones beside them and swaps them in: `_TablesAside`) and
-        ends with every position at the head it read to: queries keep seeing the old
-        rows until the new ones replace them, and a rebuild that fails leaves the
-        projections as they were. Events recorded meanwhile are past that head, and
-        the usual steps apply them afterwards.
+        The pass reads the log in batches that each hold every event of their emails
+        (`read_by_email`) and hands the projections each email's events together, so
+        each email's rows are written once (not once per batch its events fall in).
+        It runs in one transaction that empties the tables (on PostgreSQL, writes new
+        ones beside them and swaps them in: `_TablesAside`) and ends with every
+        position at the head it read to: queries keep seeing the old rows until the
+        new ones replace them, and a rebuild that fails leaves the projections as they
+        were. Events recorded meanwhile are past that head, and the usual steps apply
+        them afterwards.
         """
         chosen = {name: self.get(name) for name in sorted(set(names))}
         with self.engine.begin() as conn:
@@ -256,7 +253,7 @@ class ProjectionRunner:
                     conn.execute(table.delete())
             head = self.head()
             total = 0
-            for batch in self._whole_emails(head):
+            for batch in self.read_by_email(head, self.rebuild_batch_size):
                 for projection in chosen.values():
                     projection.process(conn, batch, whole_emails=True)
                 total += len(batch)
@@ -267,27 +264,6 @@ class ProjectionRunner:
             chosen_rows = tracking.c.name.in_(list(chosen))
             conn.execute(update(tracking).where(chosen_rows).values(position=head))
         return total
-
-    def _whole_emails(self, head: int) -> Iterator[list[Positioned]]:
-        # Batches of about rebuild_batch_size events, each holding every event of its
-        # emails: the last email of a read may continue in the next one, so its events
-        # wait for the next batch.
-        after: EmailPlace | None = None
-        waiting: list[Positioned] = []
-        while True:
-            found, after = self.read_by_email(head, after, self.rebuild_batch_size)
-            if not found:
-                break
-            events = [*waiting, *found]
-            last = events[-1].event.originator_id
-            cut = len(events)
-            while cut > 0 and events[cut - 1].event.originator_id == last:
-                cut -= 1
-            waiting = events[cut:]
-            if cut:
-                yield events[:cut]
-        if waiting:
-            yield waiting
 
     def status(self) -> list[ProjectionStatus]:
         """Each projection's position and the head of the log."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Table, func, select, text
 
 from adapters.settings import parse_database_url
-from adapters.storage import Storage, open_storage
+from adapters.storage import BATCHES_PER_RANGE, Storage, open_storage
 from domain.reports import Report
 from projections.base import Positioned
 from projections.events import email_events
@@ -62,6 +62,33 @@ def test_rebuild_equals_incremental(
     storage.runner.rebuild_together(names)  # all in one pass
     assert snapshot(storage) == incremental
     assert {s.lag for s in storage.runner.status()} == {0}
+
+
+def test_a_rebuild_reads_every_event_once_in_batches_of_whole_emails(storage: Storage) -> None:
+    kinds = ("Delivery", "Open", "Click")
+    # Three events each for 40 emails, recorded in an order that mixes the emails.
+    storage.ledger.record(
+        [
+            report(kind, message_id=f"m-{email}", event_at=f"2025-03-14T19:0{n}:00Z")
+            for n, kind in enumerate(kinds)
+            for email in range(40)
+        ]
+    )
+    head = storage.ledger.head_position()
+    storage.ledger.record([report("Bounce", message_id="m-0")])  # past the head
+
+    # Batches of about 4 events: 120 events make several ranges of email ids.
+    assert head // (4 * BATCHES_PER_RANGE) >= 2
+    batches = [list(batch) for batch in storage.runner.read_by_email(head, 4)]
+    read = [item for batch in batches for item in batch]
+    assert sorted(item.position for item in read) == list(range(1, head + 1))
+    for batch in batches:
+        assert 3 <= len(batch) < 4 + 3  # whole emails of three events each
+        by_email: dict[str, list[int]] = {}
+        for item in batch:
+            by_email.setdefault(item.email_id, []).append(item.event.originator_version)
+        assert all(versions == [1, 2, 3] for versions in by_email.values())
+    assert len({item.email_id for item in read}) == 40
 
 
 def test_rows_match_the_aggregate(storage: Storage) -> None:
