@@ -5,7 +5,8 @@
   arrays sent in binary); the same with text parameters is reported beside it;
 - ingest: reports recorded through the application in batches of 1,000, about 10%
   duplicates, about 5 events per email, half of them for emails that already exist
-  but are not in the cache;
+  but are not in the cache; by a process per core, each its share of the emails, and
+  by one process (bench/ingest.py);
 - rebuild: every projection rebuilt from position 0 over what ingest wrote;
 - audit: `audit verify` over what ingest wrote; stats: a 30-day window grouped by day
   (bench/audit_stats.py).
@@ -20,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import orjson
 import psycopg
@@ -35,7 +34,7 @@ from psycopg import sql
 from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
 from bench import audit_stats, hooks, importing, queries
-from domain.reports import EventType, Report
+from bench import ingest as ingest_bench
 
 SERVER = os.environ.get("MAILLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 WORKSPACE = "bench-workspace"
@@ -144,77 +143,49 @@ def bench_raw(url: str, rows: int, *, binary: bool = True) -> float:
         return rows / (time.perf_counter() - started)
 
 
-KINDS = [
-    EventType.DELIVERY,
-    EventType.OPEN,
-    EventType.CLICK,
-    EventType.DELIVERY_DELAY,
-    EventType.BOUNCE,
-]
-DETAIL: dict[EventType, dict[str, Any]] = {
-    EventType.DELIVERY: {"smtp_response": "250 2.0.0 OK"},
-    EventType.OPEN: {"ip": "192.0.2.1", "user_agent": "Mozilla/5.0", "machine_open": False},
-    EventType.CLICK: {"link": "https://shop.example/offer", "ip": "192.0.2.1"},
-    EventType.DELIVERY_DELAY: {"delay_type": "MailboxFull"},
-    EventType.BOUNCE: {"bounce_type": "Transient", "bounce_subtype": "MailboxFull"},
-}
-
-
-def make_report(email: int, n: int) -> Report:
-    kind = KINDS[n % len(KINDS)]
-    return Report(
-        workspace_id=WORKSPACE,
-        event_type=kind,
-        provider="ses",
-        message_id=f"msg-{email:08d}",
-        to_address=f"recipient-{email:08d}@example.com",
-        event_at=f"2025-03-14T19:{n // 60 % 60:02d}:{n % 60:02d}.{email % 1_000_000:06d}Z",
-        transport_key=str(uuid.UUID(int=email * 64 + n)),
-        detail=DETAIL[kind],
-    )
-
-
-def workload(events: int) -> tuple[list[Report], list[Report]]:
-    """(seed, stream): seed creates the pre-existing emails; stream is what is timed.
-
-    About 5 events per email; half of the stream's events are for seeded emails;
-    about 10% of the stream are redeliveries of reports it already holds.
-    """
-    rng = random.Random(42)
-    emails = max(events // 5, 2)
-    seed = [make_report(e, 0) for e in range(emails // 2)]
-    distinct = [make_report(e, n) for e in range(emails) for n in range(1, 6)]
-    stream = distinct[: int(events * 0.9)]
-    stream += rng.sample(stream, events - len(stream))
-    rng.shuffle(stream)
-    return seed, stream
-
-
-def bench_ingest(url: str, events: int) -> tuple[float, float, int]:
-    """(recorded events per second, reports per second, events in the log)."""
-    seed, stream = workload(events)
-    seeding = open_storage(parse_database_url(url))
-    for start in range(0, len(seed), BATCH):
-        seeding.ledger.record(seed[start : start + BATCH])
-    seeding.close()
-
-    store = open_storage(parse_database_url(url))  # a cold cache: seeded emails are not in it
-    recorded = 0
-    started = time.perf_counter()
-    for start in range(0, len(stream), BATCH):
-        outcomes = store.ledger.record(stream[start : start + BATCH])
-        recorded += sum(o.recorded for o in outcomes)
-    elapsed = time.perf_counter() - started
-    head = store.ledger.head_position()
-    store.close()
-    return recorded / elapsed, len(stream) / elapsed, head
-
-
 def bench_rebuild(store: Storage, events: int) -> float:
     """Events per second to rebuild every projection from position 0."""
     started = time.perf_counter()
     store.runner.rebuild_together(list(store.runner.projections))
     return events / (time.perf_counter() - started)
+
+
+def log_stages(sizes: dict[str, int]) -> dict[str, float]:
+    """raw, ingest (one process and a process per core), rebuild and audit, over one log."""
+    with fresh_database() as url:
+        log(f"raw: {sizes['raw']} rows")
+        settle()
+        raw = bench_raw(url, sizes["raw"])
+        settle()
+        raw_text = bench_raw(url, sizes["raw"] // 2, binary=False)
+        log(f"ingest: {sizes['ingest']} reports, one process")
+        with fresh_database("ingest") as alone:
+            ingest_bench.seed(alone, sizes["ingest"])
+            settle()
+            ingest_one, reports = ingest_bench.one_process(alone, sizes["ingest"])
+        log(f"ingest: {sizes['ingest']} reports, a process per core")
+        ingest_bench.seed(url, sizes["ingest"])
+        settle()
+        ingest = ingest_bench.in_processes(url, sizes["ingest"])
+        store = open_storage(parse_database_url(url))
+        head = store.ledger.head_position()
+        log(f"rebuild: {head} events, every projection")
+        settle()
+        rebuild = bench_rebuild(store, head)
+        store.close()
+        log(f"audit verify: {head} events")
+        settle()
+        audit = audit_stats.bench_audit(url)
+    return {
+        "raw": raw,
+        "raw_text": raw_text,
+        "ingest": ingest,
+        "ingest_one": ingest_one,
+        "reports": reports,
+        "rebuild": rebuild,
+        "audit": audit,
+        "head": head,
+    }
 
 
 def main() -> None:
@@ -224,23 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = SIZES["quick" if args.quick else "full"]
 
-    with fresh_database() as url:
-        log(f"raw: {sizes['raw']} rows")
-        settle()
-        raw = bench_raw(url, sizes["raw"])
-        settle()
-        raw_text = bench_raw(url, sizes["raw"] // 2, binary=False)
-        log(f"ingest: {sizes['ingest']} reports")
-        settle()
-        ingest, reports, head = bench_ingest(url, sizes["ingest"])
-        log(f"rebuild: {head} events, every projection")
-        store = open_storage(parse_database_url(url))
-        settle()
-        rebuild = bench_rebuild(store, head)
-        store.close()
-        log(f"audit verify: {head} events")
-        settle()
-        audit = audit_stats.bench_audit(url)
+    stages = log_stages(sizes)
+    raw = stages["raw"]
 
     with fresh_database("queries") as url:
         log(f"queries: {sizes['emails']} emails, {5 * sizes['emails']} events")
@@ -266,21 +222,23 @@ def main() -> None:
 
     figures = {
         "raw_insert_rows_per_s": round(raw),
-        "raw_insert_text_params_rows_per_s": round(raw_text),
-        "ingest_events_per_s": round(ingest),
-        "ingest_reports_per_s": round(reports),
-        "rebuild_events_per_s": round(rebuild),
-        "ingest_vs_raw": round(ingest / raw, 3),
-        "rebuild_vs_raw": round(rebuild / raw, 3),
-        "audit_verify_events_per_s": round(audit),
-        "audit_vs_raw": round(audit / raw, 3),
+        "raw_insert_text_params_rows_per_s": round(stages["raw_text"]),
+        "ingest_events_per_s": round(stages["ingest"]),
+        "ingest_one_process_events_per_s": round(stages["ingest_one"]),
+        "ingest_one_process_reports_per_s": round(stages["reports"]),
+        "rebuild_events_per_s": round(stages["rebuild"]),
+        "ingest_vs_raw": round(stages["ingest"] / raw, 3),
+        "ingest_one_process_vs_raw": round(stages["ingest_one"] / raw, 3),
+        "rebuild_vs_raw": round(stages["rebuild"] / raw, 3),
+        "audit_verify_events_per_s": round(stages["audit"]),
+        "audit_vs_raw": round(stages["audit"] / raw, 3),
         **latency,
         **stats,
         **throughput,
         **imported,
         "import_vs_raw": round(imported["import_events_per_s"] / raw, 3),
         "http_batch_vs_raw": round(throughput["http_batch_events_per_s"] / raw, 3),
-        "events": head,
+        "events": round(stages["head"]),
         "query_emails": sizes["emails"],
         "mode": "quick" if args.quick else "full",
     }
