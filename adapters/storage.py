@@ -427,10 +427,15 @@ def load_heads(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list
     """Every stored event of many emails as (email id, version, decoded state), in
     (email, version) order: one query per chunk, the states read straight from their
     JSON (the ledger needs a few of their fields, not event objects)."""
-    if isinstance(recorder, PostgresApplicationRecorder):
-        return _load_heads_postgres(recorder, email_ids)
-    if isinstance(recorder, SQLiteApplicationRecorder):
-        return _load_heads_sqlite(recorder, email_ids)
+    if isinstance(recorder, PostgresApplicationRecorder | SQLiteApplicationRecorder):
+        loads = orjson.loads
+        rows = _of_emails(
+            recorder,
+            email_ids,
+            "originator_version, state",
+            "ORDER BY originator_id, originator_version",
+        )
+        return [(email_id, version, loads(state)) for email_id, version, state in rows]
     return [
         (email_id, event.originator_version, orjson.loads(event.state))
         for email_id in email_ids
@@ -438,46 +443,63 @@ def load_heads(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list
     ]
 
 
+def load_versions(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> dict[UUID, int]:
+    """The version of each email's newest stored event (emails with none left out), in
+    one query per chunk."""
+    if isinstance(recorder, PostgresApplicationRecorder | SQLiteApplicationRecorder):
+        rows = _of_emails(recorder, email_ids, "max(originator_version)", "GROUP BY originator_id")
+        return {row[0]: row[1] for row in rows}
+    newest = {e: recorder.select_events(e, desc=True, limit=1) for e in email_ids}
+    return {e: events[0].originator_version for e, events in newest.items() if events}
+
+
+def _of_emails(
+    recorder: PostgresApplicationRecorder | SQLiteApplicationRecorder,
+    email_ids: Sequence[UUID],
+    columns: str,
+    rest: str,
+) -> list[tuple[Any, ...]]:
+    # `SELECT originator_id, {columns} ... WHERE originator_id IN email_ids {rest}`,
+    # each row's id the UUID the caller gave.
+    if isinstance(recorder, PostgresApplicationRecorder):
+        return _of_emails_postgres(recorder, email_ids, columns, rest)
+    found: list[tuple[Any, ...]] = []
+    for start in range(0, len(email_ids), SQLITE_CHUNK):
+        # The SQLite recorder keeps ids as hex text.
+        chunk = {i.hex: i for i in email_ids[start : start + SQLITE_CHUNK]}
+        marks = ", ".join("?" * len(chunk))
+        statement = (
+            f"SELECT originator_id, {columns} FROM {recorder.events_table_name} "
+            f"WHERE originator_id IN ({marks}) {rest}"
+        )
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, list(chunk))
+            found.extend((chunk[row[0]], *tuple(row)[1:]) for row in cursor.fetchall())
+    return found
+
+
 @on_dead_connection
-def _load_heads_postgres(
-    recorder: PostgresApplicationRecorder, email_ids: Sequence[UUID]
-) -> list[Head]:
+def _of_emails_postgres(
+    recorder: PostgresApplicationRecorder, email_ids: Sequence[UUID], columns: str, rest: str
+) -> list[tuple[Any, ...]]:
     # The ids go as one array literal and come back as text, matched to the objects
     # the caller gave: the driver makes a UUID object per element or row otherwise,
     # which cost as much as the query.
     statement = SQL(
-        "SELECT originator_id::text, originator_version, state FROM {}.{} "
-        "WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version"
-    ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+        "SELECT originator_id::text, {} FROM {}.{} WHERE originator_id = ANY(%s::uuid[]) {}"
+    ).format(
+        SQL(columns),
+        Identifier(recorder.datastore.schema),
+        Identifier(recorder.events_table_name),
+        SQL(rest),
+    )
     by_text = {str(email_id): email_id for email_id in email_ids}
     with (
         recorder.datastore.get_connection() as conn,
         conn.cursor(row_factory=tuple_row, binary=True) as cursor,
     ):
         cursor.execute(statement, ["{" + ",".join(by_text) + "}"])
-        loads = orjson.loads
-        return [(by_text[row[0]], row[1], loads(row[2])) for row in cursor.fetchall()]
-
-
-def _load_heads_sqlite(
-    recorder: SQLiteApplicationRecorder, email_ids: Sequence[UUID]
-) -> list[Head]:
-    found: list[Head] = []
-    for start in range(0, len(email_ids), SQLITE_CHUNK):
-        chunk = [i.hex for i in email_ids[start : start + SQLITE_CHUNK]]
-        marks = ", ".join("?" * len(chunk))
-        statement = (
-            f"SELECT originator_id, originator_version, state "
-            f"FROM {recorder.events_table_name} WHERE originator_id IN ({marks}) "
-            "ORDER BY originator_id, originator_version"
-        )
-        with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(statement, chunk)
-            found.extend(
-                (UUID(row["originator_id"]), row["originator_version"], orjson.loads(row["state"]))
-                for row in cursor.fetchall()
-            )
-    return found
+        return [(by_text[row[0]], *row[1:]) for row in cursor.fetchall()]
 
 
 # The garbage collector's thresholds in a process that opens the store. Its full passes
@@ -525,6 +547,7 @@ def _open_storage(
                 transcoder=OrjsonTranscoder(),
                 clock=clock,
                 load_heads=load_heads,
+                load_versions=load_versions,
             )
         except Exception as error:
             raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, Cache
 from eventsourcing.persistence import (
     ApplicationRecorder,
     IntegrityError,
@@ -35,10 +35,17 @@ MAX_ATTEMPTS = 20
 # so the cache is sized for many emails, and fills only as far as they come.
 DEFAULT_CACHE_SIZE = 100_000
 
+# How long after losing a version race a ledger checks the cached emails of each batch
+# against the store before using them (see `EmailLedger._preload`).
+RACE_SECONDS = 60.0
+
 # One stored event of an email: (email id, version, its decoded state).
 Head = tuple[UUID, int, Mapping[str, Any]]
 # Reads the stored events of many emails in one query, in (email, version) order.
 LoadHeads = Callable[[ApplicationRecorder, Sequence[UUID]], Sequence[Head]]
+# Reads the version of many emails' newest stored events in one query (an email with
+# none is left out).
+LoadVersions = Callable[[ApplicationRecorder, Sequence[UUID]], Mapping[UUID, int]]
 
 
 class EmailNotFoundError(LookupError):
@@ -88,10 +95,14 @@ class EmailLedger(Application[UUID]):
         transcoder: Transcoder | None = None,
         clock: Callable[[], datetime] = utc_now,
         load_heads: LoadHeads | None = None,
+        load_versions: LoadVersions | None = None,
     ) -> None:
         self._transcoder = transcoder
         self._clock = clock
         self._load_heads = load_heads
+        self._load_versions = load_versions
+        # Until when cached emails are checked before use (a race was lost lately).
+        self._racing_until = 0.0
         self._lock = threading.Lock()
         super().__init__(env)
 
@@ -118,6 +129,7 @@ class EmailLedger(Application[UUID]):
                 self._save_changed(emails.values())
             except IntegrityError:
                 self._forget(emails)
+                self._racing_until = time.monotonic() + RACE_SECONDS
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
                 continue
             except BaseException:
@@ -172,6 +184,8 @@ class EmailLedger(Application[UUID]):
         # an email the query does not find is new.
         cache = self.repository.cache
         missing = [i for i in email_ids if cache is None or i not in cache.cache]
+        if cache is not None and time.monotonic() < self._racing_until:
+            missing += self._evict_stale(cache, [i for i in email_ids if i in cache.cache])
         if self._load_heads is None or len(missing) < 2:
             return {}
         logs: dict[UUID, list[tuple[int, Mapping[str, Any]]]] = {}
@@ -181,6 +195,26 @@ class EmailLedger(Application[UUID]):
             email_id: Email.from_heads(email_id, now, logs.get(email_id, ()))
             for email_id in missing
         }
+
+    def _evict_stale(self, cache: Cache[UUID, Any], cached: list[UUID]) -> list[UUID]:
+        """Evict and name the cached emails another writer has appended to since.
+
+        Each process keeps its own cache, and a version check on save catches a stale
+        email only after the whole batch was recorded, to be recorded again. Where
+        writers take turns on the same emails (the workers of `serve --workers N`),
+        nearly every batch then ran twice: two processes recording batches of 30 events
+        for 20,000 emails recorded about 6,500 events/s, against 12,000 with no cache.
+        So once a race is lost, a batch first reads the newest versions of its cached
+        emails (one query) for a while (RACE_SECONDS); a process that writes alone never
+        pays for it."""
+        if self._load_versions is None or not cached:
+            return []
+        held = {email_id: cache.get(email_id).version for email_id in cached}
+        stored = self._load_versions(self.recorder, cached)
+        stale = [i for i, version in held.items() if stored.get(i, 0) > version]
+        for email_id in stale:
+            cache.get(email_id, evict=True)
+        return stale
 
     def _load(self, email_id: UUID, now: datetime) -> Email:
         try:

@@ -119,6 +119,39 @@ def test_a_stale_cache_loses_the_race_then_reloads_and_records(database_url: str
         second.close()
 
 
+def test_after_losing_a_race_a_writer_checks_its_cached_emails_before_recording(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = open_storage(parse_database_url(database_url))
+    second = open_storage(parse_database_url(database_url))
+    inserts: list[int] = []
+    insert_events = second.ledger.recorder.insert_events
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        inserts.append(1)
+        return insert_events(*args, **kwargs)
+
+    monkeypatch.setattr(second.ledger.recorder, "insert_events", counted)
+    try:
+        first.ledger.record([report("Sent")])
+        second.ledger.record([report("Sent")])  # cached by the second at version 1
+        first.ledger.record([report("Delivery")])
+        second.ledger.record([report("Open")])
+        assert len(inserts) == 2  # lost the race once, then reloaded and recorded
+
+        first.ledger.record([report("Click", link="https://a.test/")])
+        inserts.clear()
+        (outcome,) = second.ledger.record([report("Open", event_at="2025-03-14T20:00:00Z")])
+        assert outcome.version == 5
+        assert len(inserts) == 1  # saw the Click before recording: no race lost
+        history = first.ledger.get_history(outcome.email_id)
+        assert [e.event_type for e in history] == ["Sent", "Delivery", "Open", "Click", "Open"]
+        assert first.ledger.find_broken_link(outcome.email_id) is None
+    finally:
+        first.close()
+        second.close()
+
+
 def test_state_survives_a_restart(database_url: str) -> None:
     first = open_storage(parse_database_url(database_url))
     (outcome,) = first.ledger.record([report("Bounce", bounce_type="Permanent")])
