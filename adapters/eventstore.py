@@ -7,13 +7,16 @@ unnest(...)`), under the same table lock and NOTIFY, so ids still commit in orde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
-from psycopg.rows import tuple_row
+from psycopg import Connection
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,13 +40,39 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(Identifier(datastore.schema), Identifier(events_table_name))
+        # The connection whose transaction holds the log's lock, per thread (`holding_log`).
+        self._held = threading.local()
+
+    @contextmanager
+    def holding_log(self) -> Iterator[None]:
+        """Run the block in a transaction that takes the log's insert lock first and
+        commits at its end: the events this thread inserts meanwhile join it, and no
+        other writer can insert until then (reads go on), so what the block read of
+        the log still holds when it inserts."""
+        with self.datastore.get_connection() as conn, conn.transaction():
+            with conn.cursor() as cursor:
+                self._lock_table(cursor)
+            self._held.conn = conn
+            try:
+                yield
+            finally:
+                self._held.conn = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection[DictRow]]:
+        held: Connection[DictRow] | None = getattr(self._held, "conn", None)
+        if held is not None:
+            yield held
+            return
+        with self.datastore.get_connection() as conn:
+            yield conn
 
     @on_dead_connection
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int]:
         if not stored_events:
             return []
         with (
-            self.datastore.get_connection() as conn,
+            self._connection() as conn,
             conn.transaction(),
             conn.cursor() as cursor,
             conn.cursor(row_factory=tuple_row) as inserting,  # ids come back as plain tuples

@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, partial
@@ -32,7 +32,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 import adapters.admin_store  # noqa: F401 (defines its tables on admin_metadata)
 from adapters import canonical
-from adapters.eventstore import on_dead_connection
+from adapters.eventstore import ArrayInsertRecorder, on_dead_connection
 from adapters.sending import tables as sending_tables  # noqa: F401 (defines tables too)
 from adapters.sending.provider_ids import ProviderIdsProjection
 from adapters.sending.suppression import SuppressionProjection
@@ -446,6 +446,14 @@ def load_heads(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> list
     ]
 
 
+def hold_log(recorder: ApplicationRecorder) -> AbstractContextManager[object]:
+    """The recorder's `holding_log` where it has one (PostgreSQL), else nothing (on
+    SQLite a retry races as the first attempt did)."""
+    if isinstance(recorder, ArrayInsertRecorder):
+        return recorder.holding_log()
+    return contextlib.nullcontext()
+
+
 def load_versions(recorder: ApplicationRecorder, email_ids: Sequence[UUID]) -> dict[UUID, int]:
     """The version of each email's newest stored event (emails with none left out), in
     one query per chunk."""
@@ -551,6 +559,7 @@ def _open_storage(
                 clock=clock,
                 load_heads=load_heads,
                 load_versions=load_versions,
+                hold_log=hold_log,
             )
         except Exception as error:
             raise StorageUnavailableError(f"cannot open {database.describe()}: {error}") from None

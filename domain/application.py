@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, cast
@@ -46,6 +47,9 @@ LoadHeads = Callable[[ApplicationRecorder, Sequence[UUID]], Sequence[Head]]
 # Reads the version of many emails' newest stored events in one query (an email with
 # none is left out).
 LoadVersions = Callable[[ApplicationRecorder, Sequence[UUID]], Mapping[UUID, int]]
+# A block in which no other writer can append to the log, and what this one appends
+# commits at its end (see `EmailLedger._record_batch`).
+HoldLog = Callable[[ApplicationRecorder], AbstractContextManager[object]]
 
 
 class EmailNotFoundError(LookupError):
@@ -96,11 +100,13 @@ class EmailLedger(Application[UUID]):
         clock: Callable[[], datetime] = utc_now,
         load_heads: LoadHeads | None = None,
         load_versions: LoadVersions | None = None,
+        hold_log: HoldLog | None = None,
     ) -> None:
         self._transcoder = transcoder
         self._clock = clock
         self._load_heads = load_heads
         self._load_versions = load_versions
+        self._hold_log = hold_log
         # Until when cached emails are checked before use (a race was lost lately).
         self._racing_until = 0.0
         self._lock = threading.Lock()
@@ -125,8 +131,9 @@ class EmailLedger(Application[UUID]):
         for attempt in range(MAX_ATTEMPTS):
             emails: dict[UUID, Email] = {}
             try:
-                outcomes = self._apply(reports, emails)
-                self._save_changed(emails.values())
+                with self._retrying() if attempt else contextlib.nullcontext():
+                    outcomes = self._apply(reports, emails)
+                    self._save_changed(emails.values())
             except IntegrityError:
                 self._forget(emails)
                 self._racing_until = time.monotonic() + RACE_SECONDS
@@ -137,6 +144,17 @@ class EmailLedger(Application[UUID]):
                 raise
             return outcomes
         raise ConcurrencyError(f"gave up after {MAX_ATTEMPTS} version conflicts")
+
+    def _retrying(self) -> AbstractContextManager[object]:
+        # A retry holds the log, where the store can, from before it loads its emails
+        # until it has inserted: no other writer can append to them in between, so it
+        # cannot lose again. Without it, a batch could lose race after race (two
+        # processes recording batches of 1,000 of the same emails at once: each batch
+        # touches hundreds of emails, and the other process commits some of them while
+        # it is recorded), and one that lost MAX_ATTEMPTS times failed.
+        if self._hold_log is None:
+            return contextlib.nullcontext()
+        return self._hold_log(self.recorder)
 
     def _save_changed(self, emails: Iterable[Email]) -> None:
         # What Application.save() does for a batch, without what it costs per event

@@ -214,6 +214,44 @@ def _tamper(storage: Storage, email_id: Any, *, version: int, old: bytes, new: b
 
 
 @pytest.mark.postgres
+def test_a_retry_holds_the_log_so_another_writer_cannot_make_it_lose_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = open_storage(parse_database_url(postgres_url))
+    second = open_storage(parse_database_url(postgres_url))
+    try:
+        first.ledger.record([report("Sent")])
+        second.ledger.record([report("Sent")])  # cached by the second at version 1
+        attempts: list[threading.Thread] = []
+        apply = second.ledger._apply
+
+        def with_a_rival(reports: Any, emails: Any) -> Any:
+            # Before each attempt of the second, the first appends to the same email.
+            at = f"2025-03-14T20:0{len(attempts)}:00Z"
+            rival = threading.Thread(
+                target=first.ledger.record, args=([report("Open", event_at=at)],)
+            )
+            attempts.append(rival)
+            rival.start()
+            rival.join(timeout=1)  # done at once, unless the log is held
+            return apply(reports, emails)
+
+        monkeypatch.setattr(second.ledger, "_apply", with_a_rival)
+        (outcome,) = second.ledger.record([report("Delivery")])
+        assert len(attempts) == 2  # lost to the first rival, then recorded
+        for rival in attempts:
+            rival.join(timeout=10)
+            assert not rival.is_alive()
+        history = [e.event_type for e in first.ledger.get_history(outcome.email_id)]
+        # The retry held the log from before its loads: the second rival waited for it.
+        assert history == ["Sent", "Open", "Delivery", "Open"]
+        assert first.ledger.find_broken_link(outcome.email_id) is None
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.postgres
 def test_eight_threads_recording_overlapping_reports_lose_and_double_nothing(
     postgres_url: str,
 ) -> None:
