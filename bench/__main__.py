@@ -35,10 +35,9 @@ from adapters.settings import parse_database_url
 from adapters.storage import Storage, open_storage
 from bench import audit_stats, hooks, importing, queries
 from bench import ingest as ingest_bench
+from bench.ingest import BATCH, WORKSPACE
 
 SERVER = os.environ.get("MAILLEDGER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-WORKSPACE = "bench-workspace"
-BATCH = 1000
 SIZES = {
     "quick": {
         "raw": 100_000,
