@@ -48,7 +48,7 @@ LoadHeads = Callable[[ApplicationRecorder, Sequence[UUID]], Sequence[Head]]
 # none is left out).
 LoadVersions = Callable[[ApplicationRecorder, Sequence[UUID]], Mapping[UUID, int]]
 # A block in which no other writer can append to the log, and what this one appends
-# commits at its end (see `EmailLedger._record_batch`).
+# commits at its end (see `EmailLedger._retrying`).
 HoldLog = Callable[[ApplicationRecorder], AbstractContextManager[object]]
 
 
@@ -85,7 +85,8 @@ class EmailLedger(Application[UUID]):
     env: ClassVar[dict[str, str]] = {
         "AGGREGATE_CACHE_MAXSIZE": str(DEFAULT_CACHE_SIZE),
         # A stale cached email is caught by the version check on save, and reloaded:
-        # no query per cached email on the hot path.
+        # no query per cached email on the hot path (only for a while after a lost
+        # race, one per batch: `_evict_stale`).
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         # Recording holds the ledger's lock, so cached emails are used in place, not
         # copied; a batch that fails forgets every email it touched.
